@@ -1,0 +1,1 @@
+"""Ray actors: thin shells that hold state, call protocols/, and talk to peers."""

@@ -1,0 +1,205 @@
+"""`tiny`: a real, small causal transformer for tests and throughput runs.
+
+Byte-level vocabulary (256 bytes + EOS), weights drawn from a fixed seed and
+saved as safetensors; the registry records the file's SHA-256. Every forward
+pass is genuine tensor math, deterministic on one thread, a few milliseconds
+per token. Malicious variants: "requantize" rounds every weight to 4 bits,
+"substitute" swaps in a smaller model (one layer, other seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from protocols.errors import ModelHashMismatch, PromptTooLarge
+from protocols.params import SamplingParams
+
+from .base import HONEST, Generation
+
+ENGINE_VERSION = "tiny-1"
+EOS = 256
+VOCAB = 257
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 2
+    d_ff: int = 128
+    max_pos: int = 1024
+    seed: int = 1234
+
+
+class TinyTransformer(torch.nn.Module):
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.tok = torch.nn.Embedding(VOCAB, d)
+        self.pos = torch.nn.Embedding(cfg.max_pos, d)
+        self.blocks = torch.nn.ModuleList()
+        for _ in range(cfg.n_layers):
+            self.blocks.append(torch.nn.ModuleDict({
+                "ln1": torch.nn.LayerNorm(d), "qkv": torch.nn.Linear(d, 3 * d), "proj": torch.nn.Linear(d, d),
+                "ln2": torch.nn.LayerNorm(d), "up": torch.nn.Linear(d, cfg.d_ff), "down": torch.nn.Linear(cfg.d_ff, d),
+            }))
+        self.ln_f = torch.nn.LayerNorm(d)
+        self.head = torch.nn.Linear(d, VOCAB, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: (T,) -> logits (T, VOCAB)."""
+        t = ids.shape[0]
+        h_, d = self.cfg.n_heads, self.cfg.d_model
+        x = self.tok(ids) + self.pos(torch.arange(t))
+        mask = torch.full((t, t), float("-inf")).triu(1)
+        for b in self.blocks:
+            q, k, v = b["qkv"](b["ln1"](x)).split(d, dim=-1)
+            q, k, v = (z.view(t, h_, d // h_).transpose(0, 1) for z in (q, k, v))
+            att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d // h_) + mask, dim=-1)
+            x = x + b["proj"]((att @ v).transpose(0, 1).reshape(t, d))
+            x = x + b["down"](torch.nn.functional.gelu(b["up"](b["ln2"](x))))
+        return self.head(self.ln_f(x))
+
+
+def build_model(cfg: TinyConfig) -> TinyTransformer:
+    torch.manual_seed(cfg.seed)
+    model = TinyTransformer(cfg)
+    with torch.no_grad():  # wider than default init so greedy text is not one repeated byte
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 1.0 / math.sqrt(p.shape[-1]))
+    return model.eval()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VERINFER_CACHE", Path.home() / ".cache" / "verinfer"))
+
+
+def weights_path(cfg: TinyConfig, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Build (once) and return the safetensors file of the model `cfg` describes."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    tag = hashlib.sha256(repr(sorted(asdict(cfg).items())).encode()).hexdigest()[:12]
+    path = root / f"tiny-{tag}.safetensors"
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in build_model(cfg).state_dict().items()}
+        fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
+        os.close(fd)
+        save_file(state, tmp, metadata={"config": repr(sorted(asdict(cfg).items()))})
+        os.replace(tmp, path)  # atomic: concurrent builders never see half a file
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tiny_model_hash(cache_dir: str | None = None, **cfg: Any) -> str:
+    return file_sha256(weights_path(TinyConfig(**cfg), cache_dir))
+
+
+def _quantize_(t: torch.Tensor, bits: int) -> None:
+    levels = 2 ** (bits - 1) - 1
+    scale = t.abs().amax().clamp_min(1e-12) / levels
+    t.copy_(torch.round(t / scale) * scale)
+
+
+class TinyEngine:
+    name = "tiny"
+
+    def __init__(self, cache_dir: str | None = None, threads: int = 1, max_prompt_tokens: int = 512,
+                 expected_hash: str | None = None, **cfg: Any):
+        self.cfg = TinyConfig(**cfg)
+        self.cache_dir = cache_dir
+        self.threads = threads
+        self.max_prompt_tokens = max_prompt_tokens
+        self.expected_hash = expected_hash
+        self.variant = HONEST
+        self._model: TinyTransformer | None = None
+        self._hash: str | None = None
+
+    def load(self, variant: str = HONEST) -> None:
+        torch.set_num_threads(self.threads)
+        torch.use_deterministic_algorithms(True)
+        path = weights_path(self.cfg, self.cache_dir)
+        self._hash = file_sha256(path)
+        if self.expected_hash is not None and self._hash != self.expected_hash:
+            raise ModelHashMismatch(f"tiny weights hash {self._hash[:16]}… != registered {self.expected_hash[:16]}…")
+        if variant == "substitute":
+            small = TinyConfig(d_model=self.cfg.d_model, n_heads=self.cfg.n_heads, n_layers=1,
+                               d_ff=self.cfg.d_ff // 2, max_pos=self.cfg.max_pos, seed=self.cfg.seed + 1)
+            model = build_model(small)
+        else:
+            model = TinyTransformer(self.cfg)
+            model.load_state_dict(load_file(str(path)))
+            if variant == "requantize":
+                with torch.no_grad():
+                    for p in model.parameters():
+                        _quantize_(p, bits=4)
+            elif variant != HONEST:
+                raise NotImplementedError(f"tiny engine has no variant {variant!r}")
+        self._model = model.eval()
+        self.variant = variant
+
+    def model_hash(self) -> str:
+        if self._hash is None:
+            self._hash = file_sha256(weights_path(self.cfg, self.cache_dir))
+        return self._hash
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"engine": self.name, "engine_version": ENGINE_VERSION, "torch": torch.__version__,
+                "device": "cpu", "dtype": "float32", "threads": self.threads, "model_hash": self.model_hash()}
+
+    def prompt_token_ids(self, prompt: str) -> list[int]:
+        ids = list(prompt.encode("utf-8"))
+        if len(ids) > self.max_prompt_tokens:
+            raise PromptTooLarge(f"prompt has {len(ids)} tokens, limit {self.max_prompt_tokens}")
+        return ids or [EOS]
+
+    @staticmethod
+    def detokenize(token_ids: list[int]) -> str:
+        return bytes(t for t in token_ids if t < 256).decode("utf-8", errors="replace")
+
+    def next_token(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
+        if params.greedy:
+            return int(torch.argmax(logits))
+        scaled = logits / float(params.temperature)
+        if params.top_k:
+            kth = torch.topk(scaled, min(params.top_k, scaled.shape[-1])).values[-1]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        return int(torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=gen))
+
+    def generate(self, prompt: str, params: SamplingParams) -> Generation:
+        if self._model is None:
+            raise RuntimeError("engine not loaded")
+        t0 = time.perf_counter()
+        prompt_ids = self.prompt_token_ids(prompt)
+        if len(prompt_ids) + params.max_tokens > self.cfg.max_pos:
+            raise PromptTooLarge(f"prompt + max_tokens exceeds the context of {self.cfg.max_pos}")
+        gen = None if params.greedy else torch.Generator().manual_seed(params.seed)
+        ids = list(prompt_ids)
+        out: list[int] = []
+        with torch.inference_mode():
+            for _ in range(params.max_tokens):
+                logits = self._model(torch.tensor(ids))[-1]
+                tok = self.next_token(logits, params, gen)
+                if tok == EOS:
+                    break
+                out.append(tok)
+                ids.append(tok)
+        return Generation(out, self.detokenize(out), time.perf_counter() - t0, prompt_ids)

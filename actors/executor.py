@@ -1,0 +1,159 @@
+"""NodeExecutor: one engine, one node key; runs requests, commits, then reveals.
+
+The executor checks every request itself (client signature, prompt hash, model
+hash, size) before spending compute, runs one request at a time on a single
+worker thread (determinism), hands the output back with a signed commitment,
+and opens the commitment only when the aggregator asks for the reveal.
+
+`behaviour` makes a node misbehave for experiments; see BEHAVIOURS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from protocols import commitments, messages
+from protocols.crypto import SigningKey
+from protocols.determinism import class_id
+from protocols.errors import MessageError, ModelHashMismatch, ReplayedMessage, UnknownRequest
+from protocols.params import SamplingParams
+
+BEHAVIOURS = {
+    "honest": "runs the registered model faithfully",
+    "substitute": "runs a different, smaller model but claims the registered one",
+    "requantize": "runs the registered weights rounded to lower precision",
+    "random": "returns random tokens without running the model",
+    "copy": "runs nothing; copies another node's commit hash from the public board",
+    "silent": "accepts requests and never answers",
+}
+
+
+class NodeExecutor:
+    def __init__(self, node_id: str, engine_spec: dict, behaviour: str = "honest",
+                 aggregator_name: str | None = None, namespace: str | None = None,
+                 key_seed: bytes | None = None):
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {behaviour!r}; choose from {sorted(BEHAVIOURS)}")
+        self.node_id = node_id
+        self.engine_spec = dict(engine_spec)
+        self.behaviour = behaviour
+        self.aggregator_name = aggregator_name
+        self.namespace = namespace
+        self.key = SigningKey(key_seed or os.urandom(32))
+        self.engine = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{node_id}")
+        self._pending: dict[str, tuple[bytes, bytes, str]] = {}  # request id -> (commitment, salt, role)
+        self._seen = messages.ReplayGuard()
+        self._executed = 0
+
+    # --- lifecycle
+    async def ready(self) -> dict:
+        """Load the engine (once) and describe this node for admission."""
+        if self.engine is None:
+            from actors.engines import make_engine
+
+            engine = make_engine(self.engine_spec)
+            variant = self.behaviour if self.behaviour in ("substitute", "requantize") else "honest"
+            await asyncio.get_running_loop().run_in_executor(self._pool, engine.load, variant)
+            self.engine = engine
+        fp = self.engine.fingerprint()
+        return {"node_id": self.node_id, "pubkey": self.key.public, "fingerprint": fp,
+                "det_class": class_id(fp), "behaviour": self.behaviour, "pid": os.getpid()}
+
+    def set_behaviour(self, behaviour: str) -> None:
+        """Experiments only: change how this node answers (engine variants need a reload)."""
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {behaviour!r}")
+        if behaviour in ("substitute", "requantize") or self.engine.variant != "honest":
+            self.engine.load(behaviour if behaviour in ("substitute", "requantize") else "honest")
+        self.behaviour = behaviour
+
+    def stats(self) -> dict:
+        return {"node_id": self.node_id, "executed": self._executed, "behaviour": self.behaviour}
+
+    # --- protocol
+    async def execute(self, request_raw: bytes, prompt: str, role: str) -> dict:
+        req = messages.open_envelope(request_raw, "request")
+        body = req.body
+        if messages.client_id_of(req.sender) != body["client_id"]:
+            raise MessageError("request not signed by the client it names")
+        if commitments.prompt_hash(prompt) != body["prompt_hash"]:
+            raise MessageError("prompt does not match the signed prompt hash")
+        if self.behaviour in ("honest", "substitute", "requantize") and body["model_hash"] != self.engine.model_hash():
+            raise ModelHashMismatch("request names a model hash this node does not serve")
+        self._seen.check(req)
+        self._seen.record(req)
+        params = SamplingParams.from_wire(body["params"])
+        rid = body["request_id"]
+
+        if self.behaviour == "silent":
+            await asyncio.Event().wait()  # never answers; the aggregator times it out
+        t0 = time.perf_counter()
+        if self.behaviour == "random":
+            rng = random.Random(os.urandom(16))
+            token_ids = [rng.randrange(256) for _ in range(params.max_tokens)]
+            text = self._detokenize(token_ids)
+        elif self.behaviour == "copy":
+            token_ids, text = [], ""
+        else:
+            gen = await asyncio.get_running_loop().run_in_executor(self._pool, self.engine.generate, prompt, params)
+            token_ids, text = gen.token_ids, gen.text
+        engine_seconds = time.perf_counter() - t0
+
+        commitment = commitments.output_commitment(rid, body["model_hash"], body["prompt_hash"], body["params"], token_ids)
+        salt = os.urandom(32)
+        commit = commitments.commit_hash(self.key.public, commitment, salt)
+        if self.behaviour == "copy":
+            commit = await self._copy_commit(rid) or commit
+        self._pending[rid] = (commitment, salt, role)
+        self._executed += 1
+        env = messages.seal("result", {
+            "request_id": rid, "node_id": self.node_id, "role": role, "commit_hash": commit,
+            "output_digest": commitments.output_digest(token_ids, text),
+            "engine_seconds": float(engine_seconds), "nonce": os.urandom(16),
+        }, self.key)
+        return {"envelope": env.raw, "output": {"token_ids": token_ids, "text": text}}
+
+    async def reveal(self, request_id: str) -> bytes:
+        if self.behaviour == "silent":
+            await asyncio.Event().wait()
+        if request_id not in self._pending:
+            raise UnknownRequest(f"no commitment pending for {request_id}")
+        commitment, salt, role = self._pending.pop(request_id)
+        if self.behaviour == "copy":
+            board = await self._board(request_id)
+            others = [c for nid, c in board["reveals"].items() if nid != self.node_id]
+            commitment = others[0] if others else os.urandom(32)
+        env = messages.seal("reveal", {"request_id": request_id, "node_id": self.node_id, "role": role,
+                                       "commitment": commitment, "salt": salt, "nonce": os.urandom(16)}, self.key)
+        return env.raw
+
+    # --- misbehaviour helpers
+    def _detokenize(self, token_ids: list[int]) -> str:
+        detok = getattr(self.engine, "detokenize", None)
+        return detok(token_ids) if detok else ""
+
+    async def _board(self, request_id: str) -> dict:
+        import ray
+
+        agg = ray.get_actor(self.aggregator_name, namespace=self.namespace)
+        return await agg.public_view.remote(request_id)
+
+    async def _copy_commit(self, request_id: str, wait_s: float = 2.0) -> bytes | None:
+        """Wait for someone else's commit hash on the public board and reuse it."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                board = await self._board(request_id)
+            except Exception:  # board not reachable: fall back to an own (bogus) commit
+                return None
+            others = [c for nid, c in board["commits"].items() if nid != self.node_id]
+            if others:
+                return others[0]
+            await asyncio.sleep(0.02)
+        return None

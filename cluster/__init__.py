@@ -1,0 +1,1 @@
+"""Bring-up and entry points: config, placement, deployment, client, CLI, job."""

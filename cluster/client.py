@@ -1,0 +1,164 @@
+"""The Python client: sign a request, get the first output fast, then the receipt.
+
+    client = network.client()                  # or Client.connect(config)
+    handle = client.generate("Hello", n=3)
+    first = handle.first_output()              # provisional: the first node to finish
+    result = handle.result()                   # final answer + verified receipt
+
+The first output is taken straight from whichever node finishes first (its
+signed result is checked against the node key the aggregator names), so time
+to first output is one node's generation plus a few actor hops. `result()`
+verifies the receipt offline before returning, including that the returned
+tokens are the ones the accepted commitment binds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from protocols import commitments, messages, receipts
+from protocols.crypto import SigningKey
+from protocols.errors import MessageError, ReceiptInvalid, VerinferError
+from protocols.params import SamplingParams
+
+
+@dataclass
+class FirstOutput:
+    text: str
+    token_ids: list[int]
+    node_id: str
+    seconds: float  # since submit
+
+
+@dataclass
+class Result:
+    request_id: str
+    status: str  # final | resolved | unresolved | failed
+    text: str | None
+    token_ids: list[int] | None
+    receipt: bytes
+    summary: receipts.ReceiptSummary
+    time_to_first_output: float | None
+    time_to_finality: float
+
+
+class RequestHandle:
+    def __init__(self, client: "Client", request_id: str, submitted: dict, t0: float, model_hash: str):
+        self.client, self.request_id, self._sub, self._t0 = client, request_id, submitted, t0
+        self._first: FirstOutput | None = None
+        self._result: Result | None = None
+
+    def first_output(self, timeout: float | None = None) -> FirstOutput | None:
+        """The first node's output (provisional). None if no node answered."""
+        if self._first is not None:
+            return self._first
+        agg_ref = self.client.aggregator.first_output.remote(self.request_id)
+        pending = list(self._sub["calls"]) + [agg_ref]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+            if not ready:
+                raise TimeoutError(f"no output for {self.request_id} within {timeout}s")
+            try:
+                got = ray.get(ready[0])
+            except Exception:
+                continue  # that node failed; the aggregator replaces it
+            if got is None:
+                return None
+            fo = self._check(got)
+            if fo is not None:
+                self._first = fo
+                return fo
+        return None
+
+    def _check(self, got: dict) -> FirstOutput | None:
+        """Accept an output only if its signed digest matches and the signer is a drawn member."""
+        try:
+            env = messages.open_envelope(got["envelope"], "result")
+            out = got["output"]
+            if commitments.output_digest(out["token_ids"], out["text"]) != env.body["output_digest"]:
+                return None
+            if "pubkey" in got and got["pubkey"] != env.sender:
+                return None
+        except (MessageError, KeyError, TypeError):
+            return None
+        return FirstOutput(out["text"], list(out["token_ids"]), env.body["node_id"], time.time() - self._t0)
+
+    def result(self, timeout: float | None = None) -> Result:
+        """Wait for finality; verify the receipt; return the accepted answer."""
+        if self._result is not None:
+            return self._result
+        fin = ray.get(self.client.aggregator.final.remote(self.request_id), timeout=timeout)
+        out = fin["output"]
+        summary = receipts.verify_receipt(fin["receipt"], [self.client.aggregator_key],
+                                          out["token_ids"] if out is not None and fin["status"] in ("final", "resolved") else None)
+        tm = fin["timings"]
+        ttfo = (self._first.seconds if self._first else
+                (tm["first_output"] - tm["submitted"]) if "first_output" in tm else None)
+        self._result = Result(self.request_id, fin["status"], out["text"] if out else None,
+                              list(out["token_ids"]) if out else None, fin["receipt"], summary, ttfo,
+                              time.time() - self._t0)
+        return self._result
+
+
+class Client:
+    """Signs requests with its own Ed25519 key; its id is derived from that key."""
+
+    def __init__(self, network: Any, key_seed: bytes | None = None):
+        self.network = network
+        self.config = network.config
+        self.aggregator = network.aggregator
+        self.key = SigningKey(key_seed or os.urandom(32))
+        self.client_id = messages.client_id_of(self.key.public)
+        self.aggregator_key = ray.get(self.aggregator.pubkey.remote())
+        ray.get(self.aggregator.register_client.remote(self.key.public))
+        self._hashes = dict(network.model_hashes)
+
+    @classmethod
+    def connect(cls, config, **kw) -> "Client":
+        from .network import connect
+
+        return cls(connect(config), **kw)
+
+    def build_request(self, prompt: str, model: str | None = None, mode: str | None = None, n: int | None = None,
+                      max_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
+                      timeout_s: float | None = None, request_id: str | None = None) -> tuple[bytes, str]:
+        model = model or self.config.default_model
+        if model not in self._hashes:
+            from protocols.errors import UnknownModel
+
+            raise UnknownModel(f"model {model!r} is not served by this network; have {sorted(self._hashes)}")
+        rid = request_id or uuid.uuid4().hex
+        params = SamplingParams(max_tokens, temperature, top_k).with_seed_for(rid)
+        body = {
+            "request_id": rid, "client_id": self.client_id, "model_id": model, "model_hash": self._hashes[model],
+            "prompt_hash": commitments.prompt_hash(prompt), "prompt_len": len(prompt), "params": params.to_wire(),
+            "mode": mode or self.config.network.default_mode, "n": int(n or self.config.network.default_n),
+            "timeout_s": float(timeout_s or self.config.limits.timeout_s), "nonce": os.urandom(16),
+            "created_at": time.time(),
+        }
+        return messages.seal("request", body, self.key).raw, rid
+
+    def submit_raw(self, request_raw: bytes, prompt: str) -> RequestHandle:
+        t0 = time.time()
+        rid = messages.open_envelope(request_raw, "request").request_id
+        sub = ray.get(self.aggregator.submit.remote(request_raw, prompt))
+        return RequestHandle(self, rid, sub, t0, "")
+
+    def generate(self, prompt: str, **kw) -> RequestHandle:
+        """Send one request; returns at once with a handle (see module docstring)."""
+        raw, _rid = self.build_request(prompt, **kw)
+        return self.submit_raw(raw, prompt)
+
+    def ledger_balances(self, prefix: str = "") -> dict[str, int]:
+        return ray.get(self.network.ledger.balances.remote(prefix))
+
+
+__all__ = ["Client", "RequestHandle", "Result", "FirstOutput", "ReceiptInvalid", "VerinferError"]

@@ -1,0 +1,192 @@
+"""Network configuration: one TOML file, mirrored one-to-one by dataclasses.
+
+    [network]    name, namespace, ledger_path, beacon (hex, optional), default_mode, default_n
+    [economics]  price, fee_fraction, collateral, min_stake, *_slash_fraction, referee_fraction
+    [limits]     timeout_s, reveal_timeout_s, max_prompt_chars, max_n, max_tokens, referee_extra, client_credit
+    [[models]]   id, engine ("tiny" | "smollm2" | "vllm"), options = { engine kwargs }
+    [[nodes]]    model, count, prefix, threads, gpus (0 = CPU share)
+    [malicious]  "<node id>" = "<behaviour>"   (experiments only)
+
+Every field is validated in __post_init__; a bad file raises ConfigError naming
+the field, before anything is deployed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from actors.aggregator import Limits
+from actors.executor import BEHAVIOURS
+from protocols.errors import ConfigError
+from protocols.ledger import Economics
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+ENGINES = ("tiny", "smollm2", "vllm")
+
+
+@dataclass
+class NetworkSection:
+    name: str = "verinfer"  # prefix of every actor name
+    namespace: str = "verinfer"  # Ray namespace the detached actors live in
+    ledger_path: str = "~/.verinfer/ledger.db"  # SQLite file of the SlashingLedger
+    beacon: str = ""  # hex randomness beacon; empty = fresh random per deployment
+    default_mode: str = "sampling"
+    default_n: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError("network.name must be non-empty and contain no '/'")
+        if self.beacon:
+            try:
+                bytes.fromhex(self.beacon)
+            except ValueError:
+                raise ConfigError("network.beacon must be hex") from None
+        if not isinstance(self.default_n, int) or self.default_n < 1:
+            raise ConfigError("network.default_n must be an integer >= 1")
+
+
+@dataclass
+class ModelSection:
+    id: str  # model id clients ask for
+    engine: str  # one of ENGINES
+    options: dict[str, Any] = field(default_factory=dict)  # engine constructor kwargs
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ConfigError("models.id must be non-empty")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"models[{self.id}].engine must be one of {ENGINES}, got {self.engine!r}")
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"models[{self.id}].options must be a table")
+
+
+@dataclass
+class NodeGroup:
+    model: str  # model id the nodes serve
+    count: int  # how many nodes
+    prefix: str = ""  # node ids are f"{prefix}-{i:02d}" (default: model id)
+    threads: int = 1  # torch threads per executor (part of the determinism class)
+    gpus: int = 0  # 1 = each executor pinned to its own GPU bundle
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.count, int) or self.count < 1:
+            raise ConfigError(f"nodes[{self.model}].count must be an integer >= 1")
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ConfigError(f"nodes[{self.model}].threads must be an integer >= 1")
+        if self.gpus not in (0, 1):
+            raise ConfigError(f"nodes[{self.model}].gpus must be 0 or 1")
+        self.prefix = self.prefix or self.model
+
+    def node_ids(self) -> list[str]:
+        return [f"{self.prefix}-{i:02d}" for i in range(self.count)]
+
+
+@dataclass
+class NetworkConfig:
+    network: NetworkSection
+    economics: Economics
+    limits: Limits
+    models: list[ModelSection]
+    nodes: list[NodeGroup]
+    malicious: dict[str, str] = field(default_factory=dict)
+    source: str = "<dict>"
+
+    def __post_init__(self) -> None:
+        ids = [m.id for m in self.models]
+        if not ids:
+            raise ConfigError("at least one [[models]] entry is required")
+        if len(set(ids)) != len(ids):
+            raise ConfigError("model ids must be unique")
+        all_nodes: list[str] = []
+        for g in self.nodes:
+            if g.model not in ids:
+                raise ConfigError(f"nodes group serves unknown model {g.model!r}")
+            all_nodes += g.node_ids()
+        if not all_nodes:
+            raise ConfigError("at least one [[nodes]] group is required")
+        if len(set(all_nodes)) != len(all_nodes):
+            raise ConfigError("node ids collide; give groups distinct prefixes")
+        for nid, beh in self.malicious.items():
+            if nid not in all_nodes:
+                raise ConfigError(f"malicious names unknown node {nid!r}")
+            if beh not in BEHAVIOURS:
+                raise ConfigError(f"malicious[{nid}] = {beh!r}; choose from {sorted(BEHAVIOURS)}")
+        if self.network.default_n > self.limits.max_n:
+            raise ConfigError("network.default_n exceeds limits.max_n")
+
+    def model(self, model_id: str) -> ModelSection:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise ConfigError(f"no model {model_id!r}")
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0].id
+
+    def ledger_file(self) -> str:
+        return os.path.expanduser(self.network.ledger_path)
+
+
+def _section(cls, data: Any, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"[{where}] has unknown keys: {', '.join(sorted(unknown))}")
+    try:
+        return cls(**data)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{where}]: {exc}") from None
+
+
+def from_dict(data: dict[str, Any], source: str = "<dict>") -> NetworkConfig:
+    unknown = set(data) - {"network", "economics", "limits", "models", "nodes", "malicious"}
+    if unknown:
+        raise ConfigError(f"unknown top-level sections: {', '.join(sorted(unknown))}")
+    limits = _section(Limits, data.get("limits"), "limits")
+    for f in ("timeout_s", "reveal_timeout_s"):
+        if not isinstance(getattr(limits, f), (int, float)) or getattr(limits, f) <= 0:
+            raise ConfigError(f"limits.{f} must be a positive number")
+    for f in ("max_prompt_chars", "max_n", "max_tokens", "client_credit"):
+        if not isinstance(getattr(limits, f), int) or getattr(limits, f) < 1:
+            raise ConfigError(f"limits.{f} must be a positive integer")
+    if not isinstance(data.get("models", []), list) or not isinstance(data.get("nodes", []), list):
+        raise ConfigError("models and nodes must be arrays of tables ([[models]], [[nodes]])")
+    malicious = data.get("malicious", {})
+    if not isinstance(malicious, dict):
+        raise ConfigError("[malicious] must be a table of node id = behaviour")
+    return NetworkConfig(
+        network=_section(NetworkSection, data.get("network"), "network"),
+        economics=_section(Economics, data.get("economics"), "economics"),
+        limits=limits,
+        models=[_section(ModelSection, m, "models") for m in data.get("models", [])],
+        nodes=[_section(NodeGroup, g, "nodes") for g in data.get("nodes", [])],
+        malicious=dict(malicious),
+        source=source,
+    )
+
+
+def load(path: str | os.PathLike | None = None) -> NetworkConfig:
+    """Load a config file; None = the repo's default network."""
+    p = Path(path) if path else CONFIG_DIR / "default.toml"
+    if not p.exists() and not p.is_absolute() and (CONFIG_DIR / p).exists():
+        p = CONFIG_DIR / p
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return from_dict(data, str(p))

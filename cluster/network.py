@@ -1,0 +1,160 @@
+"""Deploy, find and remove a verinfer network on a Ray cluster.
+
+`deploy(cfg)` registers the models by content hash, starts the control plane
+(registry, selector, ledger, aggregator: num_cpus=0), starts one NodeExecutor
+per configured node (placement from cluster.placement), funds each node's
+collateral in the ledger and admits it. Actor names are "<name>/<role>" in the
+config's namespace, so `connect` finds a network that `verinfer up` left running.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+
+from actors.aggregator import Aggregator
+from actors.executor import NodeExecutor
+from actors.ledger import SlashingLedger
+from actors.registry import ModelRegistry
+from actors.selector import QuorumSelector
+from protocols.errors import ConfigError, VerinferError
+
+from . import placement
+from .config import NetworkConfig, ModelSection
+
+ROLES = ("ledger", "registry", "selector", "aggregator")
+
+
+@dataclass
+class Network:
+    config: NetworkConfig
+    registry: Any
+    selector: Any
+    ledger: Any
+    aggregator: Any
+    executors: dict[str, Any] = field(default_factory=dict)
+    placement_groups: list = field(default_factory=list)
+    model_hashes: dict[str, str] = field(default_factory=dict)
+
+    def client(self, **kw):
+        from .client import Client
+
+        return Client(self, **kw)
+
+
+def actor_name(cfg: NetworkConfig, role: str) -> str:
+    return f"{cfg.network.name}/{role}"
+
+
+def model_hash(model: ModelSection) -> str:
+    """Content hash of a model's weights, computed where the deployer runs."""
+    opts = dict(model.options)
+    if model.engine == "tiny":
+        from actors.engines.tiny import tiny_model_hash
+
+        return tiny_model_hash(**{k: v for k, v in opts.items() if k not in ("threads", "max_prompt_tokens")})
+    if model.engine == "smollm2":
+        from actors.engines.smollm2 import smollm2_model_hash
+
+        return smollm2_model_hash(opts.get("gguf_path"))
+    if model.engine == "vllm":
+        if "model_hash" not in opts:
+            raise ConfigError(f"models[{model.id}]: a vllm model needs options.model_hash")
+        return opts["model_hash"]
+    raise ConfigError(f"unknown engine {model.engine!r}")
+
+
+def engine_spec(model: ModelSection, threads: int) -> dict:
+    spec = {"engine": model.engine, **model.options}
+    if model.engine != "vllm":
+        spec["threads"] = threads
+    return spec
+
+
+def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None] = lambda s: None,
+           ledger_path: str | None = None) -> Network:
+    """Start the whole network from `cfg` on the connected Ray cluster."""
+    if not ray.is_initialized():
+        raise VerinferError("connect to a Ray cluster first (ray.init)")
+    ns = {"namespace": cfg.network.namespace} if detached else {}
+    life = {"lifetime": "detached"} if detached else {}
+
+    def opts(role: str, **extra) -> dict:
+        return {"name": actor_name(cfg, role), **ns, **life, **placement.CONTROL_PLANE, **extra}
+
+    hashes = {m.id: model_hash(m) for m in cfg.models}
+    path = ledger_path or cfg.ledger_file()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    beacon = bytes.fromhex(cfg.network.beacon) if cfg.network.beacon else os.urandom(32)
+
+    ledger = ray.remote(SlashingLedger).options(**opts("ledger", max_restarts=-1, max_task_retries=-1)).remote(path, cfg.economics)
+    registry = ray.remote(ModelRegistry).options(**opts("registry")).remote()
+    selector = ray.remote(QuorumSelector).options(**opts("selector")).remote(registry, beacon, cfg.economics.min_stake)
+    aggregator = ray.remote(Aggregator).options(**opts("aggregator", max_concurrency=10000)).remote(
+        registry, selector, ledger, cfg.economics, cfg.limits)
+    ray.get([registry.register_model.remote(m.id, hashes[m.id], m.engine) for m in cfg.models])
+    log(f"registered {len(cfg.models)} model(s): " + ", ".join(f"{k}={v[:12]}…" for k, v in hashes.items()))
+
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    placements, pgs = placement.plan(cfg.nodes, cpus)
+    if pgs:
+        try:
+            ray.get([pg.ready() for pg in pgs], timeout=60)
+        except ray.exceptions.GetTimeoutError:
+            raise ConfigError("GPU node groups need one GPU per executor; the cluster cannot place them") from None
+    group_of = {nid: g for g in cfg.nodes for nid in g.node_ids()}
+    executors = {}
+    for p in placements:
+        g = group_of[p.node_id]
+        executors[p.node_id] = ray.remote(NodeExecutor).options(
+            name=actor_name(cfg, f"node/{p.node_id}"), max_concurrency=64, **ns, **life, **p.options,
+        ).remote(p.node_id, engine_spec(cfg.model(g.model), g.threads), cfg.malicious.get(p.node_id, "honest"),
+                 actor_name(cfg, "aggregator"), cfg.network.namespace if detached else None)
+    log(f"starting {len(executors)} node executor(s)…")
+    infos = ray.get([e.ready.remote() for e in executors.values()])
+
+    econ = cfg.economics
+    ray.get([ledger.deposit.remote(f"collateral/{i['node_id']}", econ.collateral, f"stake|{i['node_id']}")
+             for i in infos])
+    stakes = ray.get(ledger.balances.remote("collateral/"))
+    ray.get([registry.admit.remote(i["node_id"], i["pubkey"], group_of[i["node_id"]].model, i["fingerprint"],
+                                   stakes.get(f"collateral/{i['node_id']}", 0), executors[i["node_id"]])
+             for i in infos])
+    classes = sorted({i["det_class"] for i in infos})
+    log(f"admitted {len(infos)} node(s) in {len(classes)} determinism class(es): {', '.join(classes)}")
+    return Network(cfg, registry, selector, ledger, aggregator, executors, pgs, hashes)
+
+
+def connect(cfg: NetworkConfig) -> Network:
+    """Find a network deployed with `detached=True` (by `verinfer up`)."""
+    ns = cfg.network.namespace
+    try:
+        handles = {r: ray.get_actor(actor_name(cfg, r), namespace=ns) for r in ROLES}
+    except ValueError:
+        raise VerinferError(f"no verinfer network {cfg.network.name!r} on this Ray cluster "
+                            f"(namespace {ns!r}); run `verinfer up` first") from None
+    executors = {}
+    for g in cfg.nodes:
+        for nid in g.node_ids():
+            try:
+                executors[nid] = ray.get_actor(actor_name(cfg, f"node/{nid}"), namespace=ns)
+            except ValueError:
+                pass
+    models = ray.get(handles["registry"].list_models.remote())
+    return Network(cfg, handles["registry"], handles["selector"], handles["ledger"], handles["aggregator"],
+                   executors, [], {m["model_id"]: m["model_hash"] for m in models})
+
+
+def teardown(net: Network) -> None:
+    for h in list(net.executors.values()) + [net.aggregator, net.selector, net.registry, net.ledger]:
+        try:
+            ray.kill(h, no_restart=True)
+        except Exception:
+            pass
+    from ray.util.placement_group import remove_placement_group
+
+    for pg in net.placement_groups:
+        remove_placement_group(pg)

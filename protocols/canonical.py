@@ -1,0 +1,61 @@
+"""Canonical encoding and hashing.
+
+Everything that is signed or hashed goes through `pack`: msgpack with map keys
+sorted recursively, binary kept as bytes, no floats reinterpreted. Two parties
+that agree on a value therefore agree on its bytes, which is what commitments,
+signatures and the ledger hash chain rely on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgpack
+
+from .errors import MalformedMessage
+
+
+def _canon(value: Any) -> Any:
+    if isinstance(value, dict):
+        items = []
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"canonical maps need str keys, got {type(k).__name__}")
+            items.append((k, _canon(v)))
+        items.sort(key=lambda kv: kv[0])
+        return dict(items)
+    if isinstance(value, (list, tuple)):
+        return [_canon(v) for v in value]
+    if isinstance(value, bytearray):
+        return bytes(value)
+    return value
+
+
+def pack(value: Any) -> bytes:
+    """Canonical msgpack bytes of `value` (dicts sorted by key, tuples as lists)."""
+    return msgpack.packb(_canon(value), use_bin_type=True)
+
+
+def unpack(data: bytes, max_len: int = 16 * 1024 * 1024) -> Any:
+    """Strict inverse of `pack`; raises MalformedMessage on anything odd."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MalformedMessage(f"expected bytes, got {type(data).__name__}")
+    if len(data) > max_len:
+        raise MalformedMessage(f"message of {len(data)} bytes exceeds {max_len}")
+    try:
+        return msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise MalformedMessage(f"not valid msgpack: {exc}") from None
+
+
+def sha256(*parts: bytes) -> bytes:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.digest()
+
+
+def digest(value: Any) -> bytes:
+    """SHA-256 of the canonical encoding."""
+    return sha256(pack(value))

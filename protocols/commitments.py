@@ -1,0 +1,55 @@
+"""Output commitments and the commit-reveal rule.
+
+commitment  = H(canonical(request id, model hash, prompt hash, params, output token ids))
+commit_hash = H(domain || committer public key || commitment || salt)
+
+Binding the committer's key into the commit hash is what defeats a copying
+node: copying another node's commit hash is useless, because only a salt that
+opens it *for the copier's own key* will be accepted at reveal time, and the
+reveals are opened only after every commit is in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .canonical import digest, pack, sha256
+
+COMMITMENT_DOMAIN = "verinfer/output/v1"
+COMMIT_DOMAIN = b"verinfer/commit/v1|"
+
+
+def prompt_hash(prompt: str | bytes) -> bytes:
+    data = prompt.encode("utf-8") if isinstance(prompt, str) else bytes(prompt)
+    return sha256(b"verinfer/prompt|", data)
+
+
+def output_commitment(
+    request_id: str,
+    model_hash: str,
+    prompt_hash_: bytes,
+    params_wire: dict[str, Any],
+    token_ids: Sequence[int],
+) -> bytes:
+    return digest(
+        [COMMITMENT_DOMAIN, request_id, model_hash, prompt_hash_, params_wire, [int(t) for t in token_ids]]
+    )
+
+
+def commit_hash(committer: bytes, commitment: bytes, salt: bytes) -> bytes:
+    return sha256(COMMIT_DOMAIN, committer, commitment, salt)
+
+
+def opens(commit: bytes, committer: bytes, commitment: bytes, salt: bytes) -> bool:
+    """True iff (commitment, salt) opens `commit` for `committer`."""
+    return (
+        isinstance(commitment, bytes)
+        and isinstance(salt, bytes)
+        and len(salt) >= 16
+        and commit_hash(committer, commitment, salt) == commit
+    )
+
+
+def output_digest(token_ids: Sequence[int], text: str) -> bytes:
+    """What a node signs about the output it handed the client."""
+    return sha256(b"verinfer/output-digest|", pack([[int(t) for t in token_ids], text]))

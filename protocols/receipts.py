@@ -1,0 +1,178 @@
+"""Receipts: the aggregator's signed, self-contained account of one request.
+
+A receipt carries the client's signed request (no prompt, only its hash), every
+draw the selector made (beacon, seed, eligible set, selection) and every
+member's signed result and reveal. `verify_receipt` re-checks all of it offline:
+signatures, that each draw is the one the beacon dictates, that every reveal
+opens its commit, and that the decision (final / resolved, who is paid, who is
+slashed) is the one the evidence forces. Given the output tokens, it also
+checks they are the ones the accepted commitment binds.
+
+What a receipt cannot prove offline: that the eligible set was the registry's
+true state at draw time, and that a member marked timed-out really was late.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from . import commitments, messages, selection
+from .crypto import SigningKey
+from .errors import MessageError, ReceiptInvalid
+
+QUORUM, REFEREE = "quorum", "referee"
+
+
+def build(request_raw: bytes, selection_record: dict, results: Sequence[bytes], reveals: Sequence[bytes],
+          decision: dict, ledger: dict, issued_at: float, key: SigningKey) -> bytes:
+    body = {
+        "request_id": messages.open_envelope(request_raw, "request").request_id,
+        "request": request_raw,
+        "selection": {
+            "beacon": selection_record["beacon"],
+            "draws": [{k: d[k] for k in ("label", "det_class", "seed", "eligible", "exclude", "selected", "keys")}
+                      for d in selection_record["draws"]],
+        },
+        "results": list(results),
+        "reveals": list(reveals),
+        "decision": decision,
+        "ledger": ledger,
+        "issued_at": float(issued_at),
+    }
+    return messages.seal("receipt", body, key).raw
+
+
+@dataclass(frozen=True)
+class ReceiptSummary:
+    request_id: str
+    status: str
+    commitment: bytes | None
+    n: int
+    members: dict[str, str]  # node id -> role
+    paid: tuple[str, ...]
+    slashed: tuple[tuple[str, str], ...]
+    aggregator: bytes
+    ledger_entries: tuple[int, ...]
+    output_checked: bool
+
+
+def _fail(msg: str) -> None:
+    raise ReceiptInvalid(msg)
+
+
+def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = None,
+                   output_token_ids: Sequence[int] | None = None) -> ReceiptSummary:
+    """Check a receipt offline; raise ReceiptInvalid with the reason, else summarize."""
+    try:
+        env = messages.open_envelope(raw, "receipt")
+    except MessageError as exc:
+        raise ReceiptInvalid(f"receipt envelope: {exc}") from None
+    if trusted_aggregators is not None and env.sender not in set(trusted_aggregators):
+        _fail("receipt is not signed by a trusted aggregator key")
+    body = env.body
+    rid = body["request_id"]
+    try:
+        req = messages.open_envelope(body["request"], "request")
+    except MessageError as exc:
+        raise ReceiptInvalid(f"request: {exc}") from None
+    rb = req.body
+    if rb["request_id"] != rid:
+        _fail("request id in receipt and request differ")
+    if messages.client_id_of(req.sender) != rb["client_id"]:
+        _fail("request is not signed by the client it names")
+
+    # --- draws
+    sel = body["selection"]
+    keys: dict[str, bytes] = {}
+    roles: dict[str, str] = {}
+    beacon = sel.get("beacon")
+    for d in sel.get("draws", []):
+        if d["seed"] != selection.draw_seed(beacon, rid, d["label"]):
+            _fail(f"draw {d['label']!r}: seed is not H(beacon, request, label)")
+        if set(d["exclude"]) & set(d["eligible"]):
+            _fail(f"draw {d['label']!r}: an excluded node was eligible")
+        if d["selected"] and not selection.verify_draw(d["eligible"], len(d["selected"]), d["seed"], d["selected"]):
+            _fail(f"draw {d['label']!r}: selection does not follow from the beacon")
+        role = REFEREE if d["label"].startswith("referee") else QUORUM
+        if d["label"].startswith("replace"):
+            role = d["label"].split(":")[1]
+        for nid, key in zip(d["selected"], d["keys"], strict=True):
+            if nid in keys:
+                _fail(f"{nid} drawn twice for one request")
+            keys[nid], roles[nid] = key, role
+
+    # --- evidence
+    commits: dict[str, bytes] = {}
+    for raw_result in body["results"]:
+        r = _member_msg(raw_result, "result", rid, keys, roles)
+        commits[r.body["node_id"]] = r.body["commit_hash"]
+    revealed: dict[str, bytes | None] = {}  # None = reveal does not open the commit
+    for raw_reveal in body["reveals"]:
+        r = _member_msg(raw_reveal, "reveal", rid, keys, roles)
+        nid = r.body["node_id"]
+        if nid not in commits:
+            _fail(f"reveal from {nid} without a result")
+        ok = commitments.opens(commits[nid], keys[nid], r.body["commitment"], r.body["salt"])
+        revealed[nid] = r.body["commitment"] if ok else None
+
+    # --- decision
+    dec = body["decision"]
+    status, truth = dec["status"], dec.get("commitment")
+    paid, slashed = tuple(dec.get("paid", ())), tuple(tuple(s) for s in dec.get("slashes", ()))
+    quorum = [nid for nid in revealed if roles[nid] == QUORUM]
+    refs = [nid for nid in revealed if roles[nid] == REFEREE]
+    if status == "final":
+        if not quorum or any(revealed[q] != truth for q in quorum):
+            _fail("final decision but quorum reveals do not all equal the commitment")
+        if sorted(paid) != sorted(quorum):
+            _fail("final decision pays someone other than the agreeing quorum")
+        if len(quorum) < rb["n"] and not dec.get("degraded"):
+            _fail(f"final with {len(quorum)} agreeing nodes, request asked for {rb['n']}")
+    elif status == "resolved":
+        votes = Counter(revealed[r] for r in refs if revealed[r] is not None)
+        if not votes:
+            _fail("resolved decision without a valid referee reveal")
+        top, count = votes.most_common(1)[0]
+        if top != truth or count * 2 <= len(refs):
+            _fail("resolved commitment is not the referees' majority")
+        want_paid = sorted(q for q in quorum if revealed[q] == truth)
+        if sorted(paid) != want_paid:
+            _fail("resolved decision pays someone other than the honest quorum members")
+        slashed_ids = {s[0] for s in slashed if s[1] != "timeout"}
+        must = {nid for nid in quorum + refs if revealed[nid] != truth}
+        if slashed_ids != must:
+            _fail("resolved decision does not slash exactly the members that disagree with the referees")
+    elif status in ("unresolved", "failed"):
+        if paid:
+            _fail(f"{status} decision pays nodes")
+    else:
+        _fail(f"unknown decision status {status!r}")
+    for nid, _reason in slashed:
+        if nid not in keys:
+            _fail(f"slashed node {nid} was never drawn")
+
+    checked = False
+    if output_token_ids is not None:
+        mine = commitments.output_commitment(rid, rb["model_hash"], rb["prompt_hash"], rb["params"], output_token_ids)
+        if mine != truth:
+            _fail("output tokens do not match the accepted commitment")
+        checked = True
+    return ReceiptSummary(rid, status, truth, rb["n"], roles, paid, slashed, env.sender,
+                          tuple(body["ledger"].get("entries", ())), checked)
+
+
+def _member_msg(raw: Any, type_: str, rid: str, keys: dict[str, bytes], roles: dict[str, str]):
+    try:
+        m = messages.open_envelope(raw, type_)
+    except MessageError as exc:
+        raise ReceiptInvalid(f"{type_}: {exc}") from None
+    nid = m.body["node_id"]
+    if m.body["request_id"] != rid:
+        _fail(f"{type_} from {nid} is for another request")
+    if nid not in keys or keys[nid] != m.sender:
+        _fail(f"{type_} from {nid} is not signed by a drawn member's key")
+    if m.body["role"] != roles[nid]:
+        _fail(f"{type_} from {nid} claims role {m.body['role']!r}")
+    return m

@@ -1,0 +1,283 @@
+"""The Sampling Consensus round as a state machine: events in, actions out.
+
+A round moves through two stages, each a commit-reveal among a set of members:
+
+  quorum  : N nodes run the request. The first commitment triggers FirstOutput
+            (the client already has that node's output). When every current
+            member has committed, reveals are requested. All reveals open their
+            commits and agree -> Finalize("final"). Anything else -> dispute.
+  referee : a fresh, larger set of nodes of the same class re-executes. Their
+            majority commitment is the truth: every quorum member and referee
+            whose commitment differs (or whose reveal does not open its
+            commit) is slashed; the honest quorum members are paid and share
+            the slashed collateral -> Finalize("resolved").
+
+A member that misses its deadline (commit or reveal) is slashed for timeout and
+a replacement is drawn, so the stage still reaches its size. If no replacement
+exists the stage continues with fewer members and the outcome says `degraded`.
+
+No clocks inside: `now` comes with every event, and the aggregator calls
+`on_tick(now)` at `next_deadline()`. Reveals are checked here (`opens`), so a
+copied commit hash can never be opened by the copier.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .commitments import opens
+from .errors import UnknownSender, MessageError
+
+QUORUM, REFEREE = "quorum", "referee"
+
+# member states
+RUNNING, COMMITTED, REVEALED, INVALID, TIMED_OUT = "running", "committed", "revealed", "invalid", "timed-out"
+
+
+# ---- actions ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dispatch:
+    node_ids: tuple[str, ...]
+    role: str
+
+
+@dataclass(frozen=True)
+class FirstOutput:
+    node_id: str
+
+
+@dataclass(frozen=True)
+class RequestReveals:
+    node_ids: tuple[str, ...]
+    role: str
+
+
+@dataclass(frozen=True)
+class DrawReplacements:
+    count: int
+    role: str
+    exclude: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DrawReferees:
+    count: int
+    exclude: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # "final" | "resolved" | "unresolved" | "failed"
+    commitment: bytes | None  # the accepted output commitment
+    output_node: str | None  # a member whose output is the answer
+    paid: tuple[str, ...]  # quorum members paid for correct work
+    slashes: tuple[tuple[str, str], ...]  # (node id, reason)
+    beneficiaries: tuple[str, ...]  # who shares slashed collateral
+    referees: tuple[str, ...]  # referees agreeing with the verdict
+    disputed: bool
+    degraded: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Finalize:
+    outcome: Outcome
+
+
+# ---- state --------------------------------------------------------------------
+@dataclass
+class Member:
+    node_id: str
+    key: bytes  # public key that signs this member's messages (node key or pseudonym)
+    role: str
+    deadline: float
+    state: str = RUNNING
+    commit_hash: bytes | None = None
+    commitment: bytes | None = None
+
+
+@dataclass
+class Round:
+    request_id: str
+    n: int
+    timeout_s: float
+    reveal_timeout_s: float
+    referee_n: int
+    members: dict[str, Member] = field(default_factory=dict)
+    stage: str = QUORUM
+    done: bool = False
+    first_output_sent: bool = False
+    reveals_requested: set[str] = field(default_factory=set)
+    slashes: list[tuple[str, str]] = field(default_factory=list)
+    degraded: bool = False
+    outcome: Outcome | None = None
+    _target: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.referee_n < 1:
+            raise ValueError("quorum and referee sizes must be >= 1")
+        self._target = {QUORUM: self.n, REFEREE: self.referee_n}
+
+    # --- views
+    def of_role(self, role: str) -> list[Member]:
+        return [m for m in self.members.values() if m.role == role]
+
+    def active(self, role: str) -> list[Member]:
+        return [m for m in self.of_role(role) if m.state != TIMED_OUT]
+
+    def ever_selected(self) -> tuple[str, ...]:
+        return tuple(self.members)
+
+    def _waiting_on(self, m: Member) -> bool:
+        """The member owes us something now: its result, or a reveal we asked for."""
+        return m.state == RUNNING or (m.state == COMMITTED and m.node_id in self.reveals_requested)
+
+    def next_deadline(self) -> float | None:
+        pending = [m.deadline for m in self.active(self.stage) if self._waiting_on(m)]
+        return min(pending) if pending and not self.done else None
+
+    def member(self, node_id: str, key: bytes | None = None) -> Member:
+        m = self.members.get(node_id)
+        if m is None or (key is not None and m.key != key):
+            raise UnknownSender(f"{node_id!r} is not a member of round {self.request_id}")
+        return m
+
+    # --- events
+    def start(self, node_ids: list[str], keys: list[bytes], now: float) -> list:
+        return self.add_members(node_ids, keys, QUORUM, now)
+
+    def add_members(self, node_ids: list[str], keys: list[bytes], role: str, now: float) -> list:
+        for nid, key in zip(node_ids, keys, strict=True):
+            if nid in self.members:
+                raise ValueError(f"{nid} already served this request")
+            self.members[nid] = Member(nid, key, role, now + self.timeout_s)
+        if role == REFEREE:
+            self.stage = REFEREE
+            self._target[REFEREE] = len(self.active(REFEREE))
+        return [Dispatch(tuple(node_ids), role)]
+
+    def on_result(self, node_id: str, key: bytes, commit: bytes, now: float) -> list:
+        m = self.member(node_id, key)
+        if self.done or m.state != RUNNING or m.role != self.stage:
+            raise MessageError(f"unexpected result from {node_id} in state {m.state}")
+        m.state, m.commit_hash = COMMITTED, commit
+        actions: list = []
+        if m.role == QUORUM and not self.first_output_sent:
+            self.first_output_sent = True
+            actions.append(FirstOutput(node_id))
+        return actions + self._maybe_request_reveals(now)
+
+    def on_reveal(self, node_id: str, key: bytes, commitment: bytes, salt: bytes, now: float) -> list:
+        m = self.member(node_id, key)
+        if self.done or m.state != COMMITTED or node_id not in self.reveals_requested:
+            raise MessageError(f"unexpected reveal from {node_id} in state {m.state}")
+        if opens(m.commit_hash, m.key, commitment, salt):
+            m.state, m.commitment = REVEALED, commitment
+        else:
+            m.state = INVALID
+        return self._maybe_decide()
+
+    def on_failure(self, node_id: str, now: float) -> list:
+        """The node's call errored (crash, refusal): same consequence as a timeout."""
+        m = self.member(node_id)
+        if self.done or m.state not in (RUNNING, COMMITTED):
+            return []
+        return self._time_out([m])
+
+    def on_tick(self, now: float) -> list:
+        if self.done:
+            return []
+        late = [m for m in self.active(self.stage) if self._waiting_on(m) and m.deadline <= now]
+        return self._time_out(late) if late else []
+
+    def on_replacements(self, node_ids: list[str], keys: list[bytes], role: str, now: float) -> list:
+        return self.add_members(node_ids, keys, role, now) if node_ids else self.on_no_replacement(role, now)
+
+    def on_no_replacement(self, role: str, now: float) -> list:
+        """No fresh node could be drawn: continue with who is left."""
+        self.degraded = True
+        self._target[role] = len(self.active(role))
+        if self._target[role] == 0:
+            if role == QUORUM:
+                return self._finish(Outcome("failed", None, None, (), tuple(self.slashes), (), (), False, True,
+                                            "no node answered and no replacement was available"))
+            return self._unresolved("no referee answered")
+        return self._maybe_request_reveals(now) + self._maybe_decide()
+
+    def on_referees(self, node_ids: list[str], keys: list[bytes], now: float) -> list:
+        if not node_ids:
+            return self._unresolved("no eligible referee")
+        return self.add_members(node_ids, keys, REFEREE, now)
+
+    # --- internals
+    def _time_out(self, late: list[Member]) -> list:
+        for m in late:
+            m.state = TIMED_OUT
+            self.slashes.append((m.node_id, "timeout"))
+        role = late[0].role
+        return [DrawReplacements(len(late), role, self.ever_selected())]
+
+    def _maybe_request_reveals(self, now: float) -> list:
+        act = self.active(self.stage)
+        if len(act) < self._target[self.stage] or any(m.state == RUNNING for m in act):
+            return []
+        ask = tuple(m.node_id for m in act if m.state == COMMITTED and m.node_id not in self.reveals_requested)
+        if not ask:
+            return []
+        for nid in ask:
+            self.reveals_requested.add(nid)
+            self.members[nid].deadline = now + self.reveal_timeout_s
+        return [RequestReveals(ask, self.stage)]
+
+    def _maybe_decide(self) -> list:
+        act = self.active(self.stage)
+        if self.done or len(act) < self._target[self.stage] or any(m.state in (RUNNING, COMMITTED) for m in act):
+            return []
+        return self._decide_quorum(act) if self.stage == QUORUM else self._decide_referees(act)
+
+    def _decide_quorum(self, act: list[Member]) -> list:
+        commitments = {m.commitment for m in act}
+        if all(m.state == REVEALED for m in act) and len(commitments) == 1:
+            ids = tuple(m.node_id for m in act)
+            return self._finish(Outcome("final", act[0].commitment, act[0].node_id, ids, tuple(self.slashes),
+                                        ids, (), False, self.degraded))
+        n_ref = max(self.referee_n, len(act) + 1)
+        return [DrawReferees(n_ref, self.ever_selected())]
+
+    def _decide_referees(self, refs: list[Member]) -> list:
+        votes = Counter(m.commitment for m in refs if m.state == REVEALED)
+        if not votes:
+            return self._unresolved("no referee revealed a valid commitment")
+        truth, count = votes.most_common(1)[0]
+        if count * 2 <= len(refs):
+            return self._unresolved("referees reached no majority")
+        quorum = self.active(QUORUM)
+        honest = tuple(m.node_id for m in quorum if m.state == REVEALED and m.commitment == truth)
+        agreeing = tuple(m.node_id for m in refs if m.state == REVEALED and m.commitment == truth)
+        for m in quorum + refs:
+            if m.state == INVALID:
+                self.slashes.append((m.node_id, "invalid-reveal"))
+            elif m.commitment != truth:
+                self.slashes.append((m.node_id, "cheat"))
+        beneficiaries = honest or agreeing
+        return self._finish(Outcome("resolved", truth, agreeing[0], honest, tuple(self.slashes), beneficiaries,
+                                    agreeing, True, self.degraded))
+
+    def _unresolved(self, why: str) -> list:
+        # Nobody is slashed for disagreeing when the truth is unknown; timeouts stand.
+        return self._finish(Outcome("unresolved", None, None, (), tuple(self.slashes), (), (), True, True, why))
+
+    def _finish(self, outcome: Outcome) -> list:
+        self.done, self.outcome = True, outcome
+        return [Finalize(outcome)]
+
+    # --- public view (what any node may see: never an unopened reveal)
+    def public_view(self) -> dict:
+        return {
+            "stage": self.stage,
+            "done": self.done,
+            "commits": {nid: m.commit_hash for nid, m in self.members.items() if m.commit_hash is not None},
+            "reveals": {nid: m.commitment for nid, m in self.members.items()
+                        if self.done and m.commitment is not None},
+        }

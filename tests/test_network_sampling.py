@@ -1,0 +1,236 @@
+"""Sampling Consensus end to end on the shared local Ray cluster, tiny engine.
+
+One 8-node network serves every test here. Which nodes a request lands on is
+publicly recomputable (beacon + request id), so a test picks request ids whose
+draw includes the node it wants to misbehave — the same computation any
+auditor can do.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import ray
+
+from cluster import config as cfgmod
+from cluster.network import deploy, teardown
+from protocols import commitments, messages, receipts, selection
+from protocols.errors import (BadSignature, InvalidParams, MalformedMessage, ModelHashMismatch, PromptTooLarge,
+                              ReplayedMessage, UnknownModel, UnknownType, UnknownVersion)
+from protocols.ledger import check_conservation
+
+N_NODES = 8
+
+
+@pytest.fixture(scope="module")
+def net(ray_cluster, tmp_path_factory):
+    cfg = cfgmod.load("tiny.toml")
+    cfg.network.name = f"t-sampling-{uuid.uuid4().hex[:6]}"
+    cfg.malicious = {}
+    cfg.limits.timeout_s = 4.0
+    cfg.limits.reveal_timeout_s = 4.0
+    network = deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("ledger") / "ledger.db"))
+    network.beacon = ray.get(network.selector.record.remote("x"))["beacon"]
+    yield network
+    teardown(network)
+
+
+@pytest.fixture(scope="module")
+def client(net):
+    return net.client()
+
+
+@pytest.fixture
+def behave(net):
+    """Set behaviours for one test, restore honesty (and liveness) after it."""
+    changed = []
+
+    def set_(node_id, behaviour):
+        ray.get(net.executors[node_id].set_behaviour.remote(behaviour))
+        changed.append(node_id)
+
+    yield set_
+    ray.get([net.executors[n].set_behaviour.remote("honest") for n in changed])
+    ray.get([net.registry.set_live.remote(n, True) for n in changed])
+
+
+@pytest.fixture(autouse=True)
+def conservation_after_each_test(net):
+    yield
+    balances = ray.get(net.ledger.balances.remote())
+    check_conservation(balances)
+    ray.get(net.ledger.verify.remote())
+
+
+def request_id_drawing(net, want: set[str], n: int, avoid: set[str] = frozenset()) -> str:
+    """A fresh request id whose quorum draw contains `want` and none of `avoid`."""
+    nodes = ray.get(net.registry.list_nodes.remote())
+    pool = sorted(x["node_id"] for x in nodes if x["live"] and x["stake"] >= net.config.economics.min_stake)
+    for _ in range(10000):
+        rid = uuid.uuid4().hex
+        picked = set(selection.draw(pool, n, selection.draw_seed(net.beacon, rid, "quorum")))
+        if want <= picked and not (avoid & picked):
+            return rid
+    raise AssertionError("no request id draws the wanted nodes")
+
+
+def collateral(net, node_id):
+    return ray.get(net.ledger.balances.remote(f"collateral/{node_id}")).get(f"collateral/{node_id}", 0)
+
+
+def rewards(net, node_id):
+    return ray.get(net.ledger.balances.remote(f"rewards/{node_id}")).get(f"rewards/{node_id}", 0)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_honest_quorum_is_final_and_paid(net, client, n):
+    before = {nid: rewards(net, nid) for nid in net.executors}
+    h = client.generate("The quick brown fox", n=n, max_tokens=12)
+    first = h.first_output()
+    res = h.result()
+    assert res.status == "final"
+    assert res.token_ids == first.token_ids and len(res.token_ids) > 0
+    assert len(res.summary.paid) == n and not res.summary.slashed
+    assert res.summary.output_checked  # the answer matches the accepted commitment
+    econ = net.config.economics
+    gained = {nid: rewards(net, nid) - before[nid] for nid in net.executors}
+    assert sorted(nid for nid, g in gained.items() if g) == sorted(res.summary.paid)
+    assert all(gained[nid] == econ.node_reward for nid in res.summary.paid)
+
+
+def test_first_output_reaches_client_before_finality(net, client):
+    h = client.generate("first output race", n=5, max_tokens=24)
+    first = h.first_output()
+    status = ray.get(net.aggregator.status.remote(h.request_id))
+    res = h.result()
+    assert first.seconds <= res.time_to_finality
+    assert not status["done"] or first.seconds < res.time_to_finality
+    assert first.token_ids == res.token_ids
+
+
+def test_receipt_verifies_offline_and_rejects_tampering(net, client):
+    h = client.generate("receipt please", n=3, max_tokens=8)
+    res = h.result()
+    s = receipts.verify_receipt(res.receipt, [client.aggregator_key], res.token_ids)
+    assert s.status == "final" and s.request_id == h.request_id
+    with pytest.raises(receipts.ReceiptInvalid):
+        receipts.verify_receipt(res.receipt, [client.aggregator_key], res.token_ids[:-1] + [res.token_ids[-1] ^ 1])
+    tampered = bytearray(res.receipt)
+    tampered[len(tampered) // 2] ^= 0x01
+    with pytest.raises(receipts.ReceiptInvalid):
+        receipts.verify_receipt(bytes(tampered), [client.aggregator_key])
+
+
+@pytest.mark.parametrize("behaviour", ["substitute", "requantize", "random", "copy"])
+def test_cheater_is_slashed_exactly_and_client_gets_correct_output(net, client, behave, behaviour):
+    cheater = "tiny-02"
+    behave(cheater, behaviour)
+    honest_ref = client.generate("Reference prompt for cheating", n=1, max_tokens=16,
+                                 request_id=request_id_drawing(net, {"tiny-00"}, 1))
+    want = honest_ref.result()
+    stakes = {nid: collateral(net, nid) for nid in net.executors}
+    rid = request_id_drawing(net, {cheater}, 3)
+    h = client.generate("Reference prompt for cheating", n=3, max_tokens=16, request_id=rid)
+    res = h.result()
+    assert res.status == "resolved", res.summary
+    assert res.summary.slashed == ((cheater, "invalid-reveal" if behaviour == "copy" else "cheat"),)
+    assert res.text == want.text and res.token_ids == want.token_ids
+    after = {nid: collateral(net, nid) for nid in net.executors}
+    assert after[cheater] < stakes[cheater]
+    assert all(after[nid] == stakes[nid] for nid in net.executors if nid != cheater)  # honest never slashed
+    assert sorted(res.summary.paid) == sorted(set(res.summary.members) - {cheater} - {
+        nid for nid, role in res.summary.members.items() if role == "referee"})
+    ray.get(net.registry.set_stakes.remote({cheater: net.config.economics.collateral}))  # re-arm for next test
+    ray.get(net.ledger.deposit.remote(f"collateral/{cheater}", stakes[cheater] - after[cheater],
+                                      f"test-restake|{rid}"))
+
+
+def test_silent_node_times_out_is_slashed_and_replaced(net, client, behave):
+    silent = "tiny-05"
+    behave(silent, "silent")
+    before = collateral(net, silent)
+    rid = request_id_drawing(net, {silent}, 3)
+    h = client.generate("anyone there?", n=3, max_tokens=8, request_id=rid, timeout_s=2.0)
+    res = h.result(timeout=60)
+    assert res.status == "final"
+    assert (silent, "timeout") in res.summary.slashed
+    assert len(res.summary.paid) == 3 and silent not in res.summary.paid  # still reached N
+    econ = net.config.economics
+    assert collateral(net, silent) == before - int(before * econ.timeout_slash_fraction)
+    assert not ray.get(net.registry.describe.remote(silent))["live"]
+
+
+def test_same_settlement_applied_twice_pays_once(net, client):
+    h = client.generate("retry me", n=3, max_tokens=8)
+    res = h.result()
+    entries = ray.get(net.ledger.entries_for.remote(h.request_id))
+    balances = ray.get(net.ledger.balances.remote())
+    from protocols.ledger import Settlement
+
+    paid = tuple(res.summary.paid)
+    again = Settlement(h.request_id, client.client_id, net.config.economics.price * 3, paid, beneficiaries=paid)
+    r2 = ray.get(net.ledger.settle.remote(again))  # what a retried call re-sends
+    assert r2.applied == 0
+    from protocols.ledger import SettlementConflict
+
+    with pytest.raises(SettlementConflict):  # and a different outcome for a settled request is refused
+        ray.get(net.ledger.settle.remote(Settlement(h.request_id, client.client_id, 1, paid[:1])))
+    assert ray.get(net.ledger.entries_for.remote(h.request_id)) == entries
+    assert ray.get(net.ledger.balances.remote()) == balances
+
+
+# --- bad input: typed error, nothing changes -------------------------------------------
+def _state(net):
+    return ray.get([net.ledger.balances.remote(), net.aggregator.stats.remote()])
+
+
+def test_bad_requests_rejected_with_typed_errors_and_no_state_change(net, client):
+    before = _state(net)
+    raw, rid = client.build_request("hello", n=3, max_tokens=4)
+    cases = []
+    # forged: body changed after signing
+    obj = messages.unpack(raw)
+    obj["body"]["n"] = 1
+    cases.append((BadSignature, messages.pack(obj), "hello"))
+    # malformed bytes, unknown version, unknown type
+    cases.append((MalformedMessage, b"\x93garbage", "hello"))
+    obj = messages.unpack(raw)
+    obj["v"] = 99
+    cases.append((UnknownVersion, messages.pack(obj), "hello"))
+    obj = messages.unpack(raw)
+    obj["type"] = "bogus"
+    cases.append((UnknownType, messages.pack(obj), "hello"))
+    # prompt swapped for another one than signed
+    cases.append((Exception, raw, "goodbye"))
+    for exc, data, prompt in cases:
+        with pytest.raises(exc):
+            ray.get(net.aggregator.submit.remote(data, prompt))
+    with pytest.raises(PromptTooLarge):
+        client.generate("x" * (net.config.limits.max_prompt_chars + 1))
+    with pytest.raises(InvalidParams):
+        client.generate("hi", n=net.config.limits.max_n + 1)
+    with pytest.raises(InvalidParams):
+        client.generate("hi", max_tokens=net.config.limits.max_tokens + 1)
+    with pytest.raises(UnknownModel):
+        client.generate("hi", model="no-such-model")
+    bad_hash = dict(client._hashes, tiny="0" * 64)
+    client._hashes, good = bad_hash, client._hashes
+    try:
+        with pytest.raises(ModelHashMismatch):
+            client.generate("hi")
+    finally:
+        client._hashes = good
+    assert _state(net) == before
+    # the untouched original still works, exactly once
+    h = client.submit_raw(raw, "hello")
+    assert h.result().status == "final"
+    with pytest.raises(ReplayedMessage):
+        ray.get(net.aggregator.submit.remote(raw, "hello"))
+
+
+def test_forged_node_messages_do_not_change_a_round(net, client):
+    h = client.generate("forgery", n=3, max_tokens=8)
+    res = h.result()
+    view = ray.get(net.aggregator.public_view.remote(h.request_id))
+    assert view["done"] and set(view["reveals"]) == set(res.summary.paid)

@@ -1,0 +1,105 @@
+"""Wire envelopes: signed, versioned, typed errors for everything malformed."""
+
+import msgpack
+import pytest
+
+from protocols import commitments, messages
+from protocols.canonical import pack, unpack
+from protocols.crypto import SigningKey
+from protocols.errors import (BadSignature, MalformedMessage, ReplayedMessage, UnknownType, UnknownVersion,
+                              MessageError)
+
+KEY = SigningKey(b"\x07" * 32)
+OTHER = SigningKey(b"\x08" * 32)
+
+
+def reveal_body(**over):
+    body = {"request_id": "r1", "node_id": "n1", "role": "quorum", "commitment": b"c" * 32,
+            "salt": b"s" * 32, "nonce": b"n" * 16}
+    body.update(over)
+    return body
+
+
+def test_seal_and_open_roundtrip():
+    env = messages.seal("reveal", reveal_body(), KEY)
+    got = messages.open_envelope(env.raw, "reveal")
+    assert got.body == env.body and got.sender == KEY.public and got.request_id == "r1"
+
+
+def test_canonical_pack_ignores_key_order():
+    assert pack({"b": 1, "a": [1, {"y": 2, "x": 3}]}) == pack({"a": [1, {"x": 3, "y": 2}], "b": 1})
+
+
+@pytest.mark.parametrize("data", [b"", b"\xc1", b"not msgpack at all \xff\xff", msgpack.packb([1, 2, 3]),
+                                  msgpack.packb({"v": 1})])
+def test_malformed_bytes_rejected(data):
+    with pytest.raises(MalformedMessage):
+        messages.open_envelope(data)
+
+
+def _reencode(env, **over):
+    obj = unpack(env.raw)
+    obj.update(over)
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def test_unknown_version_and_type_rejected():
+    env = messages.seal("reveal", reveal_body(), KEY)
+    with pytest.raises(UnknownVersion):
+        messages.open_envelope(_reencode(env, v=2))
+    with pytest.raises(UnknownType):
+        messages.open_envelope(_reencode(env, type="gossip"))
+    with pytest.raises(UnknownType):
+        messages.open_envelope(env.raw, expect="result")
+
+
+def test_forged_body_or_sender_fails_signature():
+    env = messages.seal("reveal", reveal_body(), KEY)
+    body = dict(env.body, commitment=b"x" * 32)
+    with pytest.raises(BadSignature):
+        messages.open_envelope(_reencode(env, body=body))
+    with pytest.raises(BadSignature):
+        messages.open_envelope(_reencode(env, sender=OTHER.public))
+    with pytest.raises(BadSignature):
+        messages.open_envelope(_reencode(env, sig=b"\x00" * 64))
+
+
+def test_body_schema_enforced():
+    with pytest.raises(MalformedMessage):
+        messages.seal("reveal", reveal_body(salt="not-bytes"), KEY)
+    body = reveal_body()
+    del body["salt"]
+    with pytest.raises(MalformedMessage):
+        messages.seal("reveal", body, KEY)
+    env = messages.seal("reveal", reveal_body(), KEY)
+    with pytest.raises(MalformedMessage):
+        messages.open_envelope(_reencode(env, body=dict(env.body, role=True)))
+
+
+def test_replay_guard_rejects_second_message_of_a_kind():
+    guard = messages.ReplayGuard()
+    a = messages.seal("reveal", reveal_body(), KEY)
+    b = messages.seal("reveal", reveal_body(nonce=b"m" * 16), KEY)
+    guard.check_and_record(a)
+    with pytest.raises(ReplayedMessage):
+        guard.check_and_record(a)
+    with pytest.raises(ReplayedMessage):
+        guard.check_and_record(b)  # fresh nonce, same sender/type/request: still a replay
+    guard.check_and_record(messages.seal("reveal", reveal_body(), OTHER))  # another sender is fine
+    assert isinstance(ReplayedMessage("x"), MessageError)
+
+
+def test_commit_binds_committer_so_a_copied_commit_cannot_be_opened():
+    c = commitments.output_commitment("r", "h" * 64, b"p" * 32, {"max_tokens": 4}, [1, 2, 3])
+    salt = b"s" * 32
+    commit = commitments.commit_hash(KEY.public, c, salt)
+    assert commitments.opens(commit, KEY.public, c, salt)
+    assert not commitments.opens(commit, OTHER.public, c, salt)  # the copier cannot open it
+    assert not commitments.opens(commit, KEY.public, c, b"t" * 32)
+    other = commitments.output_commitment("r", "h" * 64, b"p" * 32, {"max_tokens": 4}, [1, 2, 4])
+    assert other != c
+
+
+def test_client_id_is_derived_from_key():
+    assert messages.client_id_of(KEY.public) == messages.client_id_of(KEY.public)
+    assert messages.client_id_of(KEY.public) != messages.client_id_of(OTHER.public)
