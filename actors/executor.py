@@ -62,8 +62,13 @@ class NodeExecutor:
             await asyncio.get_running_loop().run_in_executor(self._pool, engine.load, variant)
             self.engine = engine
         fp = self.engine.fingerprint()
+        import ray
+
+        ctx = ray.get_runtime_context()
         return {"node_id": self.node_id, "pubkey": self.key.public, "fingerprint": fp,
-                "det_class": class_id(fp), "behaviour": self.behaviour, "pid": os.getpid()}
+                "det_class": class_id(fp), "behaviour": self.behaviour, "pid": os.getpid(),
+                "ray_node": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "placement_group": ctx.get_placement_group_id()}
 
     def set_behaviour(self, behaviour: str) -> None:
         """Experiments only: change how this node answers (engine variants need a reload)."""

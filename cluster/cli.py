@@ -1,0 +1,260 @@
+"""`verinfer` command line.
+
+Exit codes (every command): 0 success; 1 a check failed (invalid receipt, a
+request that ended unresolved/failed); 2 bad usage, bad config or bad input
+(typed verinfer error); 3 no network / no Ray cluster reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def _err(msg: str, code: int) -> int:
+    print(f"verinfer: {msg}", file=sys.stderr)
+    return code
+
+
+def _init_ray(address: str | None, namespace: str) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=namespace, log_to_driver=False, configure_logging=False)
+
+
+def _hex(b) -> str:
+    return b.hex() if isinstance(b, (bytes, bytearray)) else str(b)
+
+
+def summary_dict(res) -> dict:
+    s = res.summary
+    return {
+        "request_id": res.request_id, "status": res.status, "text": res.text, "token_ids": res.token_ids,
+        "time_to_first_output_s": res.time_to_first_output, "time_to_finality_s": res.time_to_finality,
+        "receipt": {"commitment": _hex(s.commitment) if s.commitment else None, "n": s.n,
+                    "members": s.members, "paid": list(s.paid), "slashed": [list(x) for x in s.slashed],
+                    "aggregator": _hex(s.aggregator), "ledger_entries": list(s.ledger_entries),
+                    "output_checked": s.output_checked},
+    }
+
+
+def print_result(res, prompt: str | None = None) -> None:
+    s = res.summary
+    if prompt is not None:
+        print(f"\n> {prompt}")
+    print(f"  answer      : {res.text!r}")
+    ttfo = f"{res.time_to_first_output:.2f}s" if res.time_to_first_output is not None else "-"
+    print(f"  first output: {ttfo}   finality: {res.time_to_finality:.2f}s   status: {res.status}")
+    roles = {}
+    for nid, role in s.members.items():
+        roles.setdefault(role, []).append(nid)
+    print(f"  receipt     : commitment {_hex(s.commitment)[:16] if s.commitment else '-'}…  "
+          + "  ".join(f"{r}={','.join(sorted(v))}" for r, v in sorted(roles.items())))
+    if s.slashed:
+        print("  slashed     : " + ", ".join(f"{n} ({why})" for n, why in s.slashed))
+
+
+def print_ledger(balances: dict, slashes: list, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"balances": balances, "recent_slashes": slashes}, indent=2))
+        return
+    print("\nledger balances:")
+    for acct in sorted(balances):
+        if acct.startswith(("collateral/", "rewards/", "treasury")):
+            print(f"  {acct:<28} {balances[acct]:>14,}")
+    clients = sum(v for k, v in balances.items() if k.startswith("client/"))
+    print(f"  {'clients (all)':<28} {clients:>14,}")
+    if slashes:
+        print("recent slashes:")
+        for e in slashes:
+            print(f"  {e['reason']:<22} {e['src']:<24} -{e['amount']:,}  request {e['request_id'][:12]}")
+
+
+def _slashes(ledger) -> list[dict]:
+    import ray
+
+    seen, out = set(), []
+    for e in ray.get(ledger.recent.remote("slash", 50)):
+        if e.src.startswith("collateral/") and (e.request_id, e.src) not in seen:
+            seen.add((e.request_id, e.src))
+            total = sum(x.amount for x in ray.get(ledger.entries_for.remote(e.request_id))
+                        if x.src == e.src and x.reason.startswith("slash"))
+            out.append({"request_id": e.request_id, "reason": e.reason, "src": e.src, "amount": total})
+    return out
+
+
+# --- commands -------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_up(args) -> int:
+    from . import config as cfgmod
+    from .network import deploy
+
+    cfg = cfgmod.load(args.config)
+    _init_ray(args.address, cfg.network.namespace)
+    import ray
+
+    try:
+        ray.get_actor(f"{cfg.network.name}/aggregator", namespace=cfg.network.namespace)
+        print(f"network {cfg.network.name!r} is already up")
+        return EXIT_OK
+    except ValueError:
+        pass
+    net = deploy(cfg, detached=True, log=print)
+    print(f"network {cfg.network.name!r} is up: {len(net.executors)} nodes, models {sorted(net.model_hashes)}")
+    return EXIT_OK
+
+
+def cmd_down(args) -> int:
+    from . import config as cfgmod
+    from .network import connect, teardown
+
+    cfg = cfgmod.load(args.config)
+    _init_ray(args.address, cfg.network.namespace)
+    teardown(connect(cfg))
+    print(f"network {cfg.network.name!r} removed")
+    return EXIT_OK
+
+
+def cmd_submit(args) -> int:
+    from . import config as cfgmod
+    from .client import Client
+
+    cfg = cfgmod.load(args.config)
+    _init_ray(args.address, cfg.network.namespace)
+    client = Client.connect(cfg)
+    h = client.generate(args.prompt, model=args.model, mode=args.mode, n=args.n, max_tokens=args.max_tokens,
+                        temperature=args.temperature)
+    if not args.json:
+        first = h.first_output()
+        if first is not None:
+            print(f"first output ({first.seconds:.2f}s, node {first.node_id}, provisional): {first.text!r}")
+    res = h.result()
+    if args.receipt_out:
+        with open(args.receipt_out, "wb") as f:
+            f.write(res.receipt)
+    if args.json:
+        print(json.dumps(summary_dict(res)))
+    else:
+        print_result(res)
+        if args.receipt_out:
+            print(f"  receipt written to {args.receipt_out}")
+    return EXIT_OK if res.status in ("final", "resolved") else EXIT_CHECK
+
+
+def cmd_verify(args) -> int:
+    from protocols.receipts import verify_receipt
+
+    try:
+        raw = open(args.file, "rb").read()
+    except OSError as exc:
+        return _err(f"cannot read {args.file}: {exc.strerror}", EXIT_USAGE)
+    keys = [bytes.fromhex(k) for k in args.aggregator_key] if args.aggregator_key else None
+    from protocols.errors import ReceiptInvalid
+
+    try:
+        s = verify_receipt(raw, keys)
+    except ReceiptInvalid as exc:
+        print(f"INVALID: {exc}")
+        return EXIT_CHECK
+    print(f"VALID: request {s.request_id} {s.status}; {len(s.members)} member(s), paid {list(s.paid)}, "
+          f"slashed {[list(x) for x in s.slashed]}; signed by aggregator {s.aggregator.hex()[:16]}…"
+          + ("" if keys else " (key not pinned: pass --aggregator-key to trust only a known aggregator)"))
+    return EXIT_OK
+
+
+def cmd_ledger(args) -> int:
+    from . import config as cfgmod
+    from .network import connect
+
+    cfg = cfgmod.load(args.config)
+    _init_ray(args.address, cfg.network.namespace)
+    import ray
+
+    net = connect(cfg)
+    print_ledger(ray.get(net.ledger.balances.remote()), _slashes(net.ledger), args.json)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="verinfer", description="Verifiable, private LLM inference on Ray.",
+                                epilog="exit codes: 0 ok, 1 check failed, 2 bad input/config, 3 unreachable")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def net_args(sp, address_default="auto"):
+        sp.add_argument("--config", default=None, help="network TOML (default: the repo's default network)")
+        sp.add_argument("--address", default=address_default, help="Ray cluster address (default: auto)")
+
+    d = sub.add_parser("demo", help="start a local Ray cluster, deploy the default network, serve a few prompts")
+    d.add_argument("--config", default=None, help="network TOML (default: SmolLM2 network)")
+    d.add_argument("--max-tokens", type=int, default=24)
+    d.add_argument("--json", action="store_true", help="also write the demo report as JSON to stdout at the end")
+    d.set_defaults(fn=cmd_demo)
+
+    u = sub.add_parser("up", help="deploy the network as detached actors on an existing Ray cluster")
+    net_args(u)
+    u.set_defaults(fn=cmd_up)
+    dn = sub.add_parser("down", help="remove a deployed network")
+    net_args(dn)
+    dn.set_defaults(fn=cmd_down)
+
+    s = sub.add_parser("submit", help="send one prompt to the network on the current Ray cluster")
+    net_args(s)
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--model", default=None)
+    s.add_argument("--mode", default=None, choices=["sampling"])
+    s.add_argument("--n", type=int, default=None, help="quorum size (security level)")
+    s.add_argument("--max-tokens", type=int, default=32)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; >0 = sampling seeded by request id")
+    s.add_argument("--receipt-out", default=None, help="write the signed receipt to this file")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(fn=cmd_submit)
+
+    v = sub.add_parser("verify", help="check a receipt file offline (exit 0 valid, 1 invalid)")
+    v.add_argument("file")
+    v.add_argument("--aggregator-key", action="append", help="hex public key to trust (repeatable)")
+    v.set_defaults(fn=cmd_verify)
+
+    lg = sub.add_parser("ledger", help="balances and recent slashes")
+    net_args(lg)
+    lg.add_argument("--json", action="store_true")
+    lg.set_defaults(fn=cmd_ledger)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from protocols.errors import ConfigError, VerinferError
+
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        return _err(f"config: {exc}", EXIT_USAGE)
+    except ConnectionError as exc:
+        return _err(f"cannot reach the Ray cluster: {exc}", EXIT_UNREACHABLE)
+    except VerinferError as exc:
+        msg = str(exc)
+        code = EXIT_UNREACHABLE if "no verinfer network" in msg else EXIT_USAGE
+        return _err(f"{type(exc).__name__}: {msg}", code)
+    except Exception as exc:  # Ray wraps remote typed errors; unwrap for the user
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, VerinferError):
+            return _err(f"{type(cause).__name__}: {cause}", EXIT_USAGE)
+        if type(exc).__name__ in ("RaySystemError",) or "Could not find any running Ray instance" in str(exc):
+            return _err(f"cannot reach the Ray cluster: {exc}", EXIT_UNREACHABLE)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

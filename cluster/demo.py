@@ -1,0 +1,81 @@
+"""`verinfer demo`: a whole network on a local Ray cluster, with one cheater.
+
+Deploys the default network (five SmolLM2 nodes, one malicious), serves a few
+prompts at different security levels, and prints for each the answer, time to
+first output, time to finality and the receipt; then the ledger. Which nodes
+serve a request follows publicly from the beacon and the request id, so the
+demo picks request ids whose draw includes or avoids the cheater — the same
+computation any auditor can do with a receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+from protocols import selection
+
+PROMPTS = [
+    ("What is the capital of France?", 1, "avoid"),
+    ("Give me one tip for writing clear code.", 3, "avoid"),
+    ("Name three primary colors.", 2, "include"),
+]
+
+
+def steer(beacon: bytes, pool: list[str], n: int, cheaters: set[str], mode: str) -> str:
+    for _ in range(100000):
+        rid = uuid.uuid4().hex
+        picked = set(selection.draw(pool, n, selection.draw_seed(beacon, rid, "quorum")))
+        if (mode == "include") == bool(picked & cheaters):
+            return rid
+    return uuid.uuid4().hex
+
+
+def run_demo(args) -> int:
+    import ray
+
+    from . import config as cfgmod
+    from .cli import print_ledger, print_result, summary_dict, _slashes
+    from .network import deploy, teardown
+
+    cfg = cfgmod.load(args.config)
+    t0 = time.time()
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, namespace="verinfer-demo",
+             log_to_driver=False, configure_logging=False)
+    ledger_path = os.path.expanduser(f"~/.verinfer/demo-{time.strftime('%Y%m%d-%H%M%S')}.db")
+    print(f"verinfer demo: network {cfg.network.name!r} from {cfg.source}")
+    net = deploy(cfg, log=lambda s: print("  " + s), ledger_path=ledger_path)
+    print(f"  ready in {time.time() - t0:.1f}s; ledger at {ledger_path}")
+    if cfg.malicious:
+        print("  malicious (for the demo): " + ", ".join(f"{k}={v}" for k, v in cfg.malicious.items()))
+    client = net.client()
+    beacon = ray.get(net.selector.record.remote("-"))["beacon"]
+    nodes = ray.get(net.registry.list_nodes.remote())
+    report = []
+    try:
+        for prompt, n, how in PROMPTS:
+            pool = sorted(x["node_id"] for x in nodes if x["live"] and x["stake"] >= cfg.economics.min_stake)
+            n = min(n, len(pool))
+            rid = steer(beacon, pool, n, set(cfg.malicious), how) if cfg.malicious else None
+            h = client.generate(prompt, n=n, max_tokens=args.max_tokens, request_id=rid)
+            first = h.first_output()
+            if first is not None:
+                print(f"\n  [{first.seconds:.2f}s] first output from {first.node_id} (provisional): {first.text!r}")
+            res = h.result()
+            print_result(res, f"{prompt}   (N={n})")
+            report.append(summary_dict(res))
+            nodes = ray.get(net.registry.list_nodes.remote())
+        balances = ray.get(net.ledger.balances.remote())
+        print_ledger(balances, _slashes(net.ledger), False)
+        head = ray.get(net.ledger.verify.remote())
+        print(f"\nledger hash chain verified, head {head.hex()[:16]}…; total demo time {time.time() - t0:.1f}s")
+        if args.json:
+            print(json.dumps({"requests": report, "balances": balances}))
+    finally:
+        teardown(net)
+        ray.shutdown()
+    ok = all(r["status"] in ("final", "resolved") for r in report)
+    return 0 if ok else 1
