@@ -17,16 +17,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocols import commitments, messages, receipts
+from protocols import commitments, crossval, messages, receipts
 from protocols.crypto import SigningKey
 from protocols.errors import (InvalidParams, MessageError, PromptTooLarge, UnknownModel, UnknownRequest,
                               UnknownSender, VerinferError, ModelHashMismatch)
 from protocols.ledger import Settlement, Slash
 from protocols.params import SamplingParams
-from protocols.sampling import (QUORUM, REFEREE, Dispatch, DrawReferees, DrawReplacements, Finalize, FirstOutput,
-                                RequestReveals, Round)
+from protocols.sampling import (CROSS_VALIDATION, QUORUM, SAMPLING, Dispatch, DrawReferees, DrawReplacements,
+                                DrawVerifiers, Finalize, FirstOutput, FlipCoin, RequestReveals, Round)
 
-MODES = ("sampling",)
+MODES = (SAMPLING, CROSS_VALIDATION)
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Limits:
     reveal_timeout_s: float = 10.0
     referee_extra: int = 2  # referees = N + referee_extra
     client_credit: int = 10**9  # faucet deposit for a new client (dev networks)
+    default_p: float = 0.1  # cross-validation check probability when a request names none
 
 
 @dataclass
@@ -58,6 +59,9 @@ class Live:
     final: asyncio.Future = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     timings: dict[str, float] = field(default_factory=dict)
+    p: float = 0.0  # cross-validation check probability
+    coin: dict | None = None  # cross-validation: the opened coin, for the receipt
+    methods: dict[str, str] = field(default_factory=dict)  # node -> generate | prefill | ...
 
 
 class Aggregator:
@@ -109,6 +113,8 @@ class Aggregator:
             raise InvalidParams(f"n must be in 1..{self.limits.max_n}")
         if not 0 < float(b["timeout_s"]) <= 3600:
             raise InvalidParams("timeout_s must be in (0, 3600]")
+        if b["mode"] == CROSS_VALIDATION:
+            crossval.check_probability(self.limits.default_p if b["p"] is None else b["p"])
         params = SamplingParams.from_wire(b["params"])
         if params.max_tokens > self.limits.max_tokens:
             raise InvalidParams(f"max_tokens exceeds the network limit of {self.limits.max_tokens}")
@@ -127,18 +133,22 @@ class Aggregator:
         b = req.body
         rid = b["request_id"]
         self.guard.record(req)
-        amount = self.econ.price * b["n"]
+        cv = b["mode"] == CROSS_VALIDATION
+        runs = 1 + b["n"] if cv else b["n"]  # cross-validation escrows for the worst case, refunds the rest
+        amount = self.econ.price * runs
         try:  # draw first: a request that cannot be served never touches the ledger
-            draw = await self.selector.draw.remote(rid, b["model_id"], b["n"])
+            draw = await self.selector.draw.remote(rid, b["model_id"], 1 if cv else b["n"], coin=cv)
             _raise_group_error(await self.ledger.escrow.remote(rid, b["client_id"], amount))
         except BaseException:
             self.guard.forget(rid)
             self.selector.forget.remote(rid)
             raise
-        rnd = Round(rid, b["n"], float(b["timeout_s"]), self.limits.reveal_timeout_s, b["n"] + self.limits.referee_extra)
+        rnd = Round(rid, 1 if cv else b["n"], float(b["timeout_s"]), self.limits.reveal_timeout_s,
+                    b["n"] + self.limits.referee_extra, mode=b["mode"], verifiers=b["n"] if cv else 0)
         loop = asyncio.get_running_loop()
         live = Live(req, prompt, rnd, draw["det_class"], amount, t0, first=loop.create_future(),
-                    final=loop.create_future())
+                    final=loop.create_future(),
+                    p=float(self.limits.default_p if b["p"] is None else b["p"]) if cv else 0.0)
         self.rounds[rid] = live
         self.counters["submitted"] += 1
         await self._run(live, rnd.start(draw["selected"], draw["keys"], time.time()))
@@ -187,6 +197,10 @@ class Aggregator:
                 asyncio.ensure_future(self._replace(live, act))
             elif isinstance(act, DrawReferees):
                 asyncio.ensure_future(self._referees(live, act))
+            elif isinstance(act, FlipCoin):
+                asyncio.ensure_future(self._flip(live, act))
+            elif isinstance(act, DrawVerifiers):
+                asyncio.ensure_future(self._verifiers(live, act))
             elif isinstance(act, Finalize):
                 await self._finalize(live, act.outcome)
         live.wake.set()
@@ -197,8 +211,9 @@ class Aggregator:
         return self._handles[node_id]
 
     async def _dispatch(self, live: Live, act: Dispatch) -> None:
+        claimed = live.outputs[act.verify_of]["token_ids"] if act.verify_of else None
         for nid in act.node_ids:
-            ref = (await self._handle(nid)).execute.remote(live.request.raw, live.prompt, act.role)
+            ref = (await self._handle(nid)).execute.remote(live.request.raw, live.prompt, act.role, claimed)
             live.calls[nid] = ref
             asyncio.ensure_future(self._on_result(live, nid, ref))
 
@@ -224,6 +239,7 @@ class Aggregator:
             return
         self.counters["messages"] += 1
         live.results[nid], live.outputs[nid] = env.raw, out
+        live.methods[nid] = res.get("method", "generate")
         try:
             actions = rnd.on_result(nid, env.sender, env.body["commit_hash"], time.time())
         except MessageError:
@@ -272,6 +288,20 @@ class Aggregator:
                                                exclude=act.exclude, det_class=live.det_class, allow_fewer=True)
         await self._run(live, live.round.on_referees(draw["selected"], draw["keys"], time.time()))
 
+    async def _flip(self, live: Live, act: FlipCoin) -> None:
+        seed = await self.selector.reveal_coin.remote(live.round.request_id)
+        checked = crossval.flip(seed, live.round.request_id, act.commit_hash, live.p)
+        sel = await self.selector.record.remote(live.round.request_id)
+        live.coin = {"commit": sel["coin_commit"], "seed": seed, "p": repr(float(live.p)), "node_id": act.node_id,
+                     "commit_hash": act.commit_hash, "checked": checked}
+        await self._run(live, live.round.on_coin(checked, time.time()))
+
+    async def _verifiers(self, live: Live, act: DrawVerifiers) -> None:
+        b = live.request.body
+        draw = await self.selector.draw.remote(live.round.request_id, b["model_id"], act.count, label="verify",
+                                               exclude=act.exclude, det_class=live.det_class, allow_fewer=True)
+        await self._run(live, live.round.on_replacements(draw["selected"], draw["keys"], QUORUM, time.time()))
+
     async def _clock(self, live: Live) -> None:
         rnd = live.round
         while not rnd.done:
@@ -305,7 +335,8 @@ class Aggregator:
             "status": outcome.status, "commitment": outcome.commitment, "paid": list(outcome.paid),
             "slashes": [list(s) for s in outcome.slashes], "beneficiaries": list(outcome.beneficiaries),
             "referees": list(outcome.referees), "disputed": outcome.disputed, "degraded": outcome.degraded,
-            "detail": outcome.detail, "output_node": outcome.output_node,
+            "detail": outcome.detail, "output_node": outcome.output_node, "mode": rnd.mode,
+            "branch": outcome.branch, "coin": live.coin,
         }
         committed = [nid for nid in rnd.members if nid in live.results]
         receipt = receipts.build(live.request.raw, selection, [live.results[n] for n in committed],
@@ -316,6 +347,7 @@ class Aggregator:
         if not live.first.done():  # nobody answered: unblock waiters with the outcome
             live.first.set_result(None)
         live.final.set_result({"receipt": receipt, "output": answer, "status": outcome.status,
+                               "branch": outcome.branch, "methods": dict(live.methods),
                                "timings": dict(live.timings, submitted=live.submitted_at)})
         for ref in live.calls.values():
             _cancel(ref)

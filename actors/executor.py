@@ -82,7 +82,11 @@ class NodeExecutor:
         return {"node_id": self.node_id, "executed": self._executed, "behaviour": self.behaviour}
 
     # --- protocol
-    async def execute(self, request_raw: bytes, prompt: str, role: str) -> dict:
+    async def execute(self, request_raw: bytes, prompt: str, role: str, claimed: list[int] | None = None) -> dict:
+        """Run (or, given `claimed` tokens of another node, verify) one request.
+
+        Verification tries one prefill pass; if the claim is rejected or a near-tie
+        makes prefill unsure, the node regenerates and commits to its own output."""
         req = messages.open_envelope(request_raw, "request")
         body = req.body
         if messages.client_id_of(req.sender) != body["client_id"]:
@@ -99,15 +103,27 @@ class NodeExecutor:
         if self.behaviour == "silent":
             await asyncio.Event().wait()  # never answers; the aggregator times it out
         t0 = time.perf_counter()
+        method = "generate"
         if self.behaviour == "random":
             rng = random.Random(os.urandom(16))
             token_ids = [rng.randrange(256) for _ in range(params.max_tokens)]
             text = self._detokenize(token_ids)
-        elif self.behaviour == "copy":
-            token_ids, text = [], ""
+        elif self.behaviour == "copy":  # lazy: approves a claim unchecked, or has nothing
+            token_ids = list(claimed) if claimed is not None else []
+            text = self._detokenize(token_ids)
         else:
-            gen = await asyncio.get_running_loop().run_in_executor(self._pool, self.engine.generate, prompt, params)
-            token_ids, text = gen.token_ids, gen.text
+            loop = asyncio.get_running_loop()
+            verdict = None
+            if claimed is not None and hasattr(self.engine, "verify_prefill"):
+                verdict = await loop.run_in_executor(self._pool, self.engine.verify_prefill, prompt, params,
+                                                     list(claimed))
+            if verdict is not None and verdict.accepted:
+                token_ids, text, method = list(claimed), self._detokenize(list(claimed)), "prefill"
+            else:
+                gen = await loop.run_in_executor(self._pool, self.engine.generate, prompt, params)
+                token_ids, text = gen.token_ids, gen.text
+                if verdict is not None:
+                    method = "prefill-uncertain+generate" if verdict.uncertain else "prefill-reject+generate"
         engine_seconds = time.perf_counter() - t0
 
         commitment = commitments.output_commitment(rid, body["model_hash"], body["prompt_hash"], body["params"], token_ids)
@@ -122,7 +138,8 @@ class NodeExecutor:
             "output_digest": commitments.output_digest(token_ids, text),
             "engine_seconds": float(engine_seconds), "nonce": os.urandom(16),
         }, self.key)
-        return {"envelope": env.raw, "output": {"token_ids": token_ids, "text": text}}
+        return {"envelope": env.raw, "output": {"token_ids": token_ids, "text": text}, "method": method,
+                "engine_seconds": engine_seconds}
 
     async def reveal(self, request_id: str) -> bytes:
         if self.behaviour == "silent":

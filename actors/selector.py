@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocols import selection
-from protocols.errors import NotEnoughNodes
+import os
+
+from protocols import crossval, selection
+from protocols.errors import NotEnoughNodes, UnknownRequest
 
 
 class QuorumSelector:
@@ -20,6 +22,7 @@ class QuorumSelector:
         self.beacon = bytes(beacon)
         self.min_stake = int(min_stake)
         self.records: dict[str, list[dict]] = {}
+        self.coins: dict[str, bytes] = {}  # request id -> secret coin seed (cross-validation)
 
     async def _views(self, model_id: str):
         version, views, keys = await self.registry.views.remote(model_id)
@@ -27,8 +30,11 @@ class QuorumSelector:
 
     async def draw(self, request_id: str, model_id: str, n: int, label: str = "quorum",
                    exclude: tuple[str, ...] = (), det_class: str | None = None,
-                   allow_fewer: bool = False, require_attested: bool = False) -> dict:
-        """Draw n nodes; with allow_fewer, as many as are eligible (possibly none)."""
+                   allow_fewer: bool = False, require_attested: bool = False, coin: bool = False) -> dict:
+        """Draw n nodes; with allow_fewer, as many as are eligible (possibly none).
+
+        coin=True (cross-validation) also fixes a secret coin seed for the request
+        and returns only its commitment; `reveal_coin` opens it later."""
         views, keys = await self._views(model_id)
         seed = selection.draw_seed(self.beacon, request_id, label)
         if det_class is None:
@@ -45,10 +51,24 @@ class QuorumSelector:
         record = {"label": label, "det_class": det_class, "seed": seed, "eligible": pool,
                   "exclude": sorted(exclude), "selected": chosen, "keys": [keys[c] for c in chosen]}
         self.records.setdefault(request_id, []).append(record)
+        if coin and request_id not in self.coins:
+            self.coins[request_id] = os.urandom(32)
+        if request_id in self.coins:
+            record = dict(record, coin_commit=crossval.coin_commit(self.coins[request_id]))
         return record
 
+    def reveal_coin(self, request_id: str) -> bytes:
+        """Open the coin; the aggregator asks only after the executor committed."""
+        if request_id not in self.coins:
+            raise UnknownRequest(f"no coin was committed for {request_id}")
+        return self.coins[request_id]
+
     def record(self, request_id: str) -> dict:
-        return {"beacon": self.beacon, "draws": list(self.records.get(request_id, []))}
+        rec = {"beacon": self.beacon, "draws": list(self.records.get(request_id, []))}
+        if request_id in self.coins:
+            rec["coin_commit"] = crossval.coin_commit(self.coins[request_id])
+        return rec
 
     def forget(self, request_id: str) -> None:
         self.records.pop(request_id, None)
+        self.coins.pop(request_id, None)

@@ -36,7 +36,8 @@ def _hex(b) -> str:
 def summary_dict(res) -> dict:
     s = res.summary
     return {
-        "request_id": res.request_id, "status": res.status, "text": res.text, "token_ids": res.token_ids,
+        "request_id": res.request_id, "status": res.status, "mode": s.mode, "branch": res.branch or None,
+        "text": res.text, "token_ids": res.token_ids,
         "time_to_first_output_s": res.time_to_first_output, "time_to_finality_s": res.time_to_finality,
         "receipt": {"commitment": _hex(s.commitment) if s.commitment else None, "n": s.n,
                     "members": s.members, "paid": list(s.paid), "slashed": [list(x) for x in s.slashed],
@@ -135,7 +136,7 @@ def cmd_submit(args) -> int:
     _init_ray(args.address, cfg.network.namespace)
     client = Client.connect(cfg)
     h = client.generate(args.prompt, model=args.model, mode=args.mode, n=args.n, max_tokens=args.max_tokens,
-                        temperature=args.temperature)
+                        temperature=args.temperature, p=args.p)
     if not args.json:
         first = h.first_output()
         if first is not None:
@@ -191,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="verinfer", description="Verifiable, private LLM inference on Ray.",
                                 epilog="exit codes: 0 ok, 1 check failed, 2 bad input/config, 3 unreachable")
     sub = p.add_subparsers(dest="cmd", required=True)
+    from cluster.econ_cli import add_parser as add_econ_parser
+
+    add_econ_parser(sub)
 
     def net_args(sp, address_default="auto"):
         sp.add_argument("--config", default=None, help="network TOML (default: the repo's default network)")
@@ -213,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     net_args(s)
     s.add_argument("--prompt", required=True)
     s.add_argument("--model", default=None)
-    s.add_argument("--mode", default=None, choices=["sampling"])
+    s.add_argument("--mode", default=None, choices=["sampling", "cross-validation"])
+    s.add_argument("--p", type=float, default=None, help="cross-validation: probability of a re-check")
     s.add_argument("--n", type=int, default=None, help="quorum size (security level)")
     s.add_argument("--max-tokens", type=int, default=32)
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; >0 = sampling seeded by request id")

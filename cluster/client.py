@@ -46,6 +46,8 @@ class Result:
     summary: receipts.ReceiptSummary
     time_to_first_output: float | None
     time_to_finality: float
+    branch: str = ""  # cross-validation: checked | unchecked
+    methods: dict | None = None  # node -> how it produced its commitment (generate | prefill | ...)
 
 
 class RequestHandle:
@@ -104,7 +106,7 @@ class RequestHandle:
                 (tm["first_output"] - tm["submitted"]) if "first_output" in tm else None)
         self._result = Result(self.request_id, fin["status"], out["text"] if out else None,
                               list(out["token_ids"]) if out else None, fin["receipt"], summary, ttfo,
-                              time.time() - self._t0)
+                              time.time() - self._t0, fin.get("branch", ""), fin.get("methods"))
         return self._result
 
 
@@ -129,7 +131,10 @@ class Client:
 
     def build_request(self, prompt: str, model: str | None = None, mode: str | None = None, n: int | None = None,
                       max_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
-                      timeout_s: float | None = None, request_id: str | None = None) -> tuple[bytes, str]:
+                      timeout_s: float | None = None, request_id: str | None = None,
+                      p: float | None = None) -> tuple[bytes, str]:
+        """Sign a request. mode: "sampling" (N nodes agree) or "cross-validation"
+        (one node runs; with probability p, N verifiers re-check it)."""
         model = model or self.config.default_model
         if model not in self._hashes:
             from protocols.errors import UnknownModel
@@ -142,7 +147,7 @@ class Client:
             "prompt_hash": commitments.prompt_hash(prompt), "prompt_len": len(prompt), "params": params.to_wire(),
             "mode": mode or self.config.network.default_mode, "n": int(n or self.config.network.default_n),
             "timeout_s": float(timeout_s or self.config.limits.timeout_s), "nonce": os.urandom(16),
-            "created_at": time.time(),
+            "created_at": time.time(), "p": None if p is None else float(p),
         }
         return messages.seal("request", body, self.key).raw, rid
 

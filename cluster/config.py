@@ -2,7 +2,8 @@
 
     [network]    name, namespace, ledger_path, beacon (hex, optional), default_mode, default_n
     [economics]  price, fee_fraction, collateral, min_stake, *_slash_fraction, referee_fraction
-    [limits]     timeout_s, reveal_timeout_s, max_prompt_chars, max_n, max_tokens, referee_extra, client_credit
+    [limits]     timeout_s, reveal_timeout_s, max_prompt_chars, max_n, max_tokens, referee_extra, client_credit,
+                 default_p (cross-validation check probability)
     [[models]]   id, engine ("tiny" | "smollm2" | "vllm"), options = { engine kwargs }
     [[nodes]]    model, count, prefix, threads, gpus (0 = CPU share)
     [malicious]  "<node id>" = "<behaviour>"   (experiments only)
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from actors.aggregator import Limits
+from actors.aggregator import MODES, Limits
 from actors.executor import BEHAVIOURS
 from protocols.errors import ConfigError
 from protocols.ledger import Economics
@@ -47,6 +48,8 @@ class NetworkSection:
                 raise ConfigError("network.beacon must be hex") from None
         if not isinstance(self.default_n, int) or self.default_n < 1:
             raise ConfigError("network.default_n must be an integer >= 1")
+        if self.default_mode not in MODES:
+            raise ConfigError(f"network.default_mode must be one of {MODES}")
 
 
 @dataclass
@@ -157,6 +160,8 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> NetworkConfig:
     for f in ("timeout_s", "reveal_timeout_s"):
         if not isinstance(getattr(limits, f), (int, float)) or getattr(limits, f) <= 0:
             raise ConfigError(f"limits.{f} must be a positive number")
+    if not isinstance(limits.default_p, (int, float)) or not 0 <= limits.default_p <= 1:
+        raise ConfigError("limits.default_p must be a probability in [0, 1]")
     for f in ("max_prompt_chars", "max_n", "max_tokens", "client_credit"):
         if not isinstance(getattr(limits, f), int) or getattr(limits, f) < 1:
             raise ConfigError(f"limits.{f} must be a positive integer")

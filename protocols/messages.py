@@ -45,6 +45,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
         "timeout_s": (float, int),
         "nonce": (bytes,),
         "created_at": (float, int),
+        "p": (float, int, type(None)),  # cross-validation check probability; None = network default
     },
     # node -> aggregator, phase 1: a sealed commitment plus a digest of the
     # output it handed the client.
@@ -79,6 +80,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     },
 }
 OPTIONAL: dict[str, dict[str, Any]] = {t: {} for t in SCHEMAS}
+OPTIONAL["request"] = {"p": None}
 
 
 @dataclass(frozen=True)
@@ -113,16 +115,19 @@ def _check_body(type_: str, body: Any) -> dict[str, Any]:
             raise MalformedMessage(
                 f"{type_}: field {field!r} must be {'/'.join(t.__name__ for t in types)}"
             )
-    for field, default in OPTIONAL[type_].items():
-        body.setdefault(field, default)
     return body
+
+
+def _with_defaults(type_: str, body: dict[str, Any]) -> dict[str, Any]:
+    missing = {k: v for k, v in OPTIONAL[type_].items() if k not in body}
+    return {**body, **missing} if missing else body
 
 
 def seal(type_: str, body: dict[str, Any], key: SigningKey) -> Envelope:
     """Build and sign an envelope. Raises the same typed errors a receiver would."""
     if type_ not in SCHEMAS:
         raise UnknownType(f"unknown message type {type_!r}")
-    body = _check_body(type_, dict(body))
+    body = _with_defaults(type_, _check_body(type_, dict(body)))
     sig = key.sign(_signed_bytes(VERSION, type_, body, key.public))
     raw = pack({"v": VERSION, "type": type_, "body": body, "sender": key.public, "sig": sig})
     return Envelope(VERSION, type_, body, key.public, sig, raw)
@@ -155,8 +160,8 @@ def open_envelope(data: bytes, expect: str | None = None) -> Envelope:
     if not isinstance(sig, bytes):
         raise MalformedMessage("sig must be bytes")
     body = _check_body(type_, body)
-    verify(sender, _signed_bytes(v, type_, body, sender), sig)
-    return Envelope(v, type_, body, sender, sig, bytes(data))
+    verify(sender, _signed_bytes(v, type_, body, sender), sig)  # over the body as sent
+    return Envelope(v, type_, _with_defaults(type_, body), sender, sig, bytes(data))
 
 
 class ReplayGuard:

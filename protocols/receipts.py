@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from . import commitments, messages, selection
+from . import commitments, crossval, messages, selection
 from .crypto import SigningKey
 from .errors import MessageError, ReceiptInvalid
 
@@ -31,6 +31,7 @@ def build(request_raw: bytes, selection_record: dict, results: Sequence[bytes], 
         "request_id": messages.open_envelope(request_raw, "request").request_id,
         "request": request_raw,
         "selection": {
+            "coin_commit": selection_record.get("coin_commit"),
             "beacon": selection_record["beacon"],
             "draws": [{k: d[k] for k in ("label", "det_class", "seed", "eligible", "exclude", "selected", "keys")}
                       for d in selection_record["draws"]],
@@ -56,6 +57,8 @@ class ReceiptSummary:
     aggregator: bytes
     ledger_entries: tuple[int, ...]
     output_checked: bool
+    mode: str = "sampling"
+    branch: str = ""  # cross-validation: checked | unchecked
 
 
 def _fail(msg: str) -> None:
@@ -95,7 +98,7 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
             _fail(f"draw {d['label']!r}: an excluded node was eligible")
         if d["selected"] and not selection.verify_draw(d["eligible"], len(d["selected"]), d["seed"], d["selected"]):
             _fail(f"draw {d['label']!r}: selection does not follow from the beacon")
-        role = REFEREE if d["label"].startswith("referee") else QUORUM
+        role = REFEREE if d["label"].startswith("referee") else QUORUM  # "quorum" and "verify" draws
         if d["label"].startswith("replace"):
             role = d["label"].split(":")[1]
         for nid, key in zip(d["selected"], d["keys"], strict=True):
@@ -123,13 +126,28 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
     paid, slashed = tuple(dec.get("paid", ())), tuple(tuple(s) for s in dec.get("slashes", ()))
     quorum = [nid for nid in revealed if roles[nid] == QUORUM]
     refs = [nid for nid in revealed if roles[nid] == REFEREE]
+    want_n = rb["n"]
+    if rb["mode"] == "cross-validation":
+        coin = dec.get("coin")
+        if not isinstance(coin, dict):
+            _fail("cross-validation receipt without its coin")
+        if commits.get(coin["node_id"]) != coin["commit_hash"] or roles.get(coin["node_id"]) != QUORUM:
+            _fail("the coin was not flipped on the executor's commitment")
+        if sel.get("coin_commit") != coin["commit"] or not crossval.verify_coin(
+                coin["commit"], coin["seed"], rid, coin["commit_hash"], float(coin["p"]), coin["checked"]):
+            _fail("coin does not open its commitment or does not give the claimed branch")
+        if rb["p"] is not None and float(coin["p"]) != float(rb["p"]):
+            _fail("coin used another p than the request asked for")
+        if dec.get("branch") != ("checked" if coin["checked"] else "unchecked"):
+            _fail("branch does not match the coin")
+        want_n = 1 + rb["n"] if coin["checked"] else 1
     if status == "final":
         if not quorum or any(revealed[q] != truth for q in quorum):
             _fail("final decision but quorum reveals do not all equal the commitment")
         if sorted(paid) != sorted(quorum):
             _fail("final decision pays someone other than the agreeing quorum")
-        if len(quorum) < rb["n"] and not dec.get("degraded"):
-            _fail(f"final with {len(quorum)} agreeing nodes, request asked for {rb['n']}")
+        if len(quorum) < want_n and not dec.get("degraded"):
+            _fail(f"final with {len(quorum)} agreeing nodes, the request needs {want_n}")
     elif status == "resolved":
         votes = Counter(revealed[r] for r in refs if revealed[r] is not None)
         if not votes:
@@ -160,7 +178,7 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
             _fail("output tokens do not match the accepted commitment")
         checked = True
     return ReceiptSummary(rid, status, truth, rb["n"], roles, paid, slashed, env.sender,
-                          tuple(body["ledger"].get("entries", ())), checked)
+                          tuple(body["ledger"].get("entries", ())), checked, rb["mode"], dec.get("branch", ""))
 
 
 def _member_msg(raw: Any, type_: str, rid: str, keys: dict[str, bytes], roles: dict[str, str]):

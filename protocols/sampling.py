@@ -12,6 +12,13 @@ A round moves through two stages, each a commit-reveal among a set of members:
             commit) is slashed; the honest quorum members are paid and share
             the slashed collateral -> Finalize("resolved").
 
+Cross Validation (mode "cross-validation"): the quorum starts with one
+executor. Its commitment triggers FlipCoin; only then is the selector's
+pre-committed coin revealed (protocols.crossval). Unchecked -> the executor
+reveals and the round is final on its own. Checked -> N verifiers are drawn
+(Dispatch.verify_of names whose output they check, by prefill where the engine
+can), the quorum becomes 1 + N, and everything proceeds as in sampling mode.
+
 A member that misses its deadline (commit or reveal) is slashed for timeout and
 a replacement is drawn, so the stage still reaches its size. If no replacement
 exists the stage continues with fewer members and the outcome says `degraded`.
@@ -30,6 +37,7 @@ from .commitments import opens
 from .errors import UnknownSender, MessageError
 
 QUORUM, REFEREE = "quorum", "referee"
+SAMPLING, CROSS_VALIDATION = "sampling", "cross-validation"
 
 # member states
 RUNNING, COMMITTED, REVEALED, INVALID, TIMED_OUT = "running", "committed", "revealed", "invalid", "timed-out"
@@ -40,6 +48,21 @@ RUNNING, COMMITTED, REVEALED, INVALID, TIMED_OUT = "running", "committed", "reve
 class Dispatch:
     node_ids: tuple[str, ...]
     role: str
+    verify_of: str | None = None  # cross-validation: the executor whose output these nodes check
+
+
+@dataclass(frozen=True)
+class FlipCoin:
+    """Cross-validation: the executor has committed; reveal the selector's coin now."""
+
+    node_id: str
+    commit_hash: bytes
+
+
+@dataclass(frozen=True)
+class DrawVerifiers:
+    count: int
+    exclude: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -78,6 +101,7 @@ class Outcome:
     disputed: bool
     degraded: bool
     detail: str = ""
+    branch: str = ""  # cross-validation: "checked" | "unchecked"
 
 
 @dataclass(frozen=True)
@@ -104,6 +128,8 @@ class Round:
     timeout_s: float
     reveal_timeout_s: float
     referee_n: int
+    mode: str = SAMPLING
+    verifiers: int = 0  # cross-validation: N, drawn with probability p after the executor commits
     members: dict[str, Member] = field(default_factory=dict)
     stage: str = QUORUM
     done: bool = False
@@ -112,12 +138,25 @@ class Round:
     slashes: list[tuple[str, str]] = field(default_factory=list)
     degraded: bool = False
     outcome: Outcome | None = None
+    coin: bool | None = None  # cross-validation: None until flipped
+    coin_requested: bool = False
+    executor: str | None = None  # cross-validation: whose output verifiers check
     _target: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.referee_n < 1:
             raise ValueError("quorum and referee sizes must be >= 1")
+        if self.mode not in (SAMPLING, CROSS_VALIDATION):
+            raise ValueError(f"unknown mode {self.mode!r}")
+        if self.mode == CROSS_VALIDATION and (self.n != 1 or self.verifiers < 1):
+            raise ValueError("cross-validation runs one executor and N >= 1 verifiers")
         self._target = {QUORUM: self.n, REFEREE: self.referee_n}
+
+    @property
+    def branch(self) -> str:
+        if self.mode != CROSS_VALIDATION:
+            return ""
+        return "checked" if self.coin else "unchecked"
 
     # --- views
     def of_role(self, role: str) -> list[Member]:
@@ -155,7 +194,8 @@ class Round:
         if role == REFEREE:
             self.stage = REFEREE
             self._target[REFEREE] = len(self.active(REFEREE))
-        return [Dispatch(tuple(node_ids), role)]
+        verify_of = self.executor if (role == QUORUM and self.coin) else None
+        return [Dispatch(tuple(node_ids), role, verify_of)]
 
     def on_result(self, node_id: str, key: bytes, commit: bytes, now: float) -> list:
         m = self.member(node_id, key)
@@ -166,7 +206,20 @@ class Round:
         if m.role == QUORUM and not self.first_output_sent:
             self.first_output_sent = True
             actions.append(FirstOutput(node_id))
+        if self.mode == CROSS_VALIDATION and not self.coin_requested:
+            # The coin is revealed only now, after the executor is bound to its output.
+            self.coin_requested, self.executor = True, node_id
+            actions.append(FlipCoin(node_id, commit))
         return actions + self._maybe_request_reveals(now)
+
+    def on_coin(self, checked: bool, now: float) -> list:
+        if self.mode != CROSS_VALIDATION or not self.coin_requested or self.coin is not None:
+            raise MessageError("no coin flip is pending")
+        self.coin = bool(checked)
+        if self.coin:
+            self._target[QUORUM] = 1 + self.verifiers
+            return [DrawVerifiers(self.verifiers, self.ever_selected())]
+        return self._maybe_request_reveals(now)
 
     def on_reveal(self, node_id: str, key: bytes, commitment: bytes, salt: bytes, now: float) -> list:
         m = self.member(node_id, key)
@@ -219,6 +272,8 @@ class Round:
         return [DrawReplacements(len(late), role, self.ever_selected())]
 
     def _maybe_request_reveals(self, now: float) -> list:
+        if self.mode == CROSS_VALIDATION and self.stage == QUORUM and self.coin is None:
+            return []  # reveals wait for the coin (and, if checked, the verifiers)
         act = self.active(self.stage)
         if len(act) < self._target[self.stage] or any(m.state == RUNNING for m in act):
             return []
@@ -241,7 +296,7 @@ class Round:
         if all(m.state == REVEALED for m in act) and len(commitments) == 1:
             ids = tuple(m.node_id for m in act)
             return self._finish(Outcome("final", act[0].commitment, act[0].node_id, ids, tuple(self.slashes),
-                                        ids, (), False, self.degraded))
+                                        ids, (), False, self.degraded, branch=self.branch))
         n_ref = max(self.referee_n, len(act) + 1)
         return [DrawReferees(n_ref, self.ever_selected())]
 
@@ -262,11 +317,12 @@ class Round:
                 self.slashes.append((m.node_id, "cheat"))
         beneficiaries = honest or agreeing
         return self._finish(Outcome("resolved", truth, agreeing[0], honest, tuple(self.slashes), beneficiaries,
-                                    agreeing, True, self.degraded))
+                                    agreeing, True, self.degraded, branch=self.branch))
 
     def _unresolved(self, why: str) -> list:
         # Nobody is slashed for disagreeing when the truth is unknown; timeouts stand.
-        return self._finish(Outcome("unresolved", None, None, (), tuple(self.slashes), (), (), True, True, why))
+        return self._finish(Outcome("unresolved", None, None, (), tuple(self.slashes), (), (), True, True, why,
+                                    branch=self.branch))
 
     def _finish(self, outcome: Outcome) -> list:
         self.done, self.outcome = True, outcome

@@ -23,3 +23,88 @@ def ray_cluster():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_net(ray_cluster, tmp_path_factory):
+    """One 8-node tiny-engine network shared by the network tests (honest by default)."""
+    import uuid
+
+    from cluster import config as cfgmod
+    from cluster.network import deploy, teardown
+
+    cfg = cfgmod.load("tiny.toml")
+    cfg.network.name = f"t-net-{uuid.uuid4().hex[:6]}"
+    cfg.malicious = {}
+    cfg.limits.timeout_s = 4.0
+    cfg.limits.reveal_timeout_s = 4.0
+    network = deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("ledger") / "ledger.db"))
+    network.beacon = ray_cluster.get(network.selector.record.remote("-"))["beacon"]
+    yield network
+    teardown(network)
+
+
+@pytest.fixture(scope="session")
+def tiny_client(tiny_net):
+    return tiny_net.client()
+
+
+@pytest.fixture
+def behave(tiny_net):
+    """Set node behaviours for one test; restore honesty, liveness and stake after it."""
+    import ray
+
+    changed = []
+
+    def set_(node_id, behaviour):
+        ray.get(tiny_net.executors[node_id].set_behaviour.remote(behaviour))
+        changed.append(node_id)
+
+    yield set_
+    ray.get([tiny_net.executors[n].set_behaviour.remote("honest") for n in changed])
+    ray.get([tiny_net.registry.set_live.remote(n, True) for n in changed])
+    econ = tiny_net.config.economics
+    for n in changed:  # top slashed collateral back up so later tests see a full network
+        bal = ray.get(tiny_net.ledger.balances.remote(f"collateral/{n}")).get(f"collateral/{n}", 0)
+        if bal < econ.collateral:
+            ray.get(tiny_net.ledger.deposit.remote(f"collateral/{n}", econ.collateral - bal,
+                                                   f"test-restake|{n}|{bal}|{uuid_hex()}"))
+    stakes = ray.get(tiny_net.ledger.balances.remote("collateral/"))
+    ray.get(tiny_net.registry.set_stakes.remote({k.split("/", 1)[1]: v for k, v in stakes.items()}))
+
+
+def uuid_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+@pytest.fixture
+def conserved(tiny_net):
+    """After the test: money conserved and the ledger's hash chain intact."""
+    import ray
+
+    from protocols.ledger import check_conservation
+
+    yield
+    check_conservation(ray.get(tiny_net.ledger.balances.remote()))
+    ray.get(tiny_net.ledger.verify.remote())
+
+
+def request_id_drawing(net, want: set, n: int, avoid: set = frozenset()) -> str:
+    """A fresh request id whose first draw contains `want` and none of `avoid` —
+    the same public computation any auditor can do from the beacon."""
+    import uuid
+
+    import ray
+
+    from protocols import selection
+
+    nodes = ray.get(net.registry.list_nodes.remote())
+    pool = sorted(x["node_id"] for x in nodes if x["live"] and x["stake"] >= net.config.economics.min_stake)
+    for _ in range(20000):
+        rid = uuid.uuid4().hex
+        picked = set(selection.draw(pool, n, selection.draw_seed(net.beacon, rid, "quorum")))
+        if want <= picked and not (avoid & picked):
+            return rid
+    raise AssertionError("no request id draws the wanted nodes")

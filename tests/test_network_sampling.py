@@ -8,71 +8,28 @@ auditor can do.
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 import ray
 
-from cluster import config as cfgmod
-from cluster.network import deploy, teardown
-from protocols import commitments, messages, receipts, selection
+from protocols import messages, receipts
 from protocols.errors import (BadSignature, InvalidParams, MalformedMessage, ModelHashMismatch, PromptTooLarge,
                               ReplayedMessage, UnknownModel, UnknownType, UnknownVersion)
-from protocols.ledger import check_conservation
-
-N_NODES = 8
-
-
-@pytest.fixture(scope="module")
-def net(ray_cluster, tmp_path_factory):
-    cfg = cfgmod.load("tiny.toml")
-    cfg.network.name = f"t-sampling-{uuid.uuid4().hex[:6]}"
-    cfg.malicious = {}
-    cfg.limits.timeout_s = 4.0
-    cfg.limits.reveal_timeout_s = 4.0
-    network = deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("ledger") / "ledger.db"))
-    network.beacon = ray.get(network.selector.record.remote("x"))["beacon"]
-    yield network
-    teardown(network)
-
-
-@pytest.fixture(scope="module")
-def client(net):
-    return net.client()
+from tests.conftest import request_id_drawing
 
 
 @pytest.fixture
-def behave(net):
-    """Set behaviours for one test, restore honesty (and liveness) after it."""
-    changed = []
+def net(tiny_net):
+    return tiny_net
 
-    def set_(node_id, behaviour):
-        ray.get(net.executors[node_id].set_behaviour.remote(behaviour))
-        changed.append(node_id)
 
-    yield set_
-    ray.get([net.executors[n].set_behaviour.remote("honest") for n in changed])
-    ray.get([net.registry.set_live.remote(n, True) for n in changed])
+@pytest.fixture
+def client(tiny_client):
+    return tiny_client
 
 
 @pytest.fixture(autouse=True)
-def conservation_after_each_test(net):
+def _conserved(conserved):
     yield
-    balances = ray.get(net.ledger.balances.remote())
-    check_conservation(balances)
-    ray.get(net.ledger.verify.remote())
-
-
-def request_id_drawing(net, want: set[str], n: int, avoid: set[str] = frozenset()) -> str:
-    """A fresh request id whose quorum draw contains `want` and none of `avoid`."""
-    nodes = ray.get(net.registry.list_nodes.remote())
-    pool = sorted(x["node_id"] for x in nodes if x["live"] and x["stake"] >= net.config.economics.min_stake)
-    for _ in range(10000):
-        rid = uuid.uuid4().hex
-        picked = set(selection.draw(pool, n, selection.draw_seed(net.beacon, rid, "quorum")))
-        if want <= picked and not (avoid & picked):
-            return rid
-    raise AssertionError("no request id draws the wanted nodes")
 
 
 def collateral(net, node_id):
@@ -141,9 +98,6 @@ def test_cheater_is_slashed_exactly_and_client_gets_correct_output(net, client, 
     assert all(after[nid] == stakes[nid] for nid in net.executors if nid != cheater)  # honest never slashed
     assert sorted(res.summary.paid) == sorted(set(res.summary.members) - {cheater} - {
         nid for nid, role in res.summary.members.items() if role == "referee"})
-    ray.get(net.registry.set_stakes.remote({cheater: net.config.economics.collateral}))  # re-arm for next test
-    ray.get(net.ledger.deposit.remote(f"collateral/{cheater}", stakes[cheater] - after[cheater],
-                                      f"test-restake|{rid}"))
 
 
 def test_silent_node_times_out_is_slashed_and_replaced(net, client, behave):

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from protocols.errors import ModelHashMismatch, PromptTooLarge
 from protocols.params import SamplingParams
 
+from . import decoding
 from .base import HONEST, Generation
 
 ENGINE_VERSION = "tiny-1"
@@ -175,14 +176,8 @@ class TinyEngine:
     def detokenize(token_ids: list[int]) -> str:
         return bytes(t for t in token_ids if t < 256).decode("utf-8", errors="replace")
 
-    def next_token(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
-        if params.greedy:
-            return int(torch.argmax(logits))
-        scaled = logits / float(params.temperature)
-        if params.top_k:
-            kth = torch.topk(scaled, min(params.top_k, scaled.shape[-1])).values[-1]
-            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-        return int(torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=gen))
+    def stop_token_ids(self) -> list[int]:
+        return [EOS]
 
     def generate(self, prompt: str, params: SamplingParams) -> Generation:
         if self._model is None:
@@ -191,15 +186,30 @@ class TinyEngine:
         prompt_ids = self.prompt_token_ids(prompt)
         if len(prompt_ids) + params.max_tokens > self.cfg.max_pos:
             raise PromptTooLarge(f"prompt + max_tokens exceeds the context of {self.cfg.max_pos}")
-        gen = None if params.greedy else torch.Generator().manual_seed(params.seed)
+        gen = decoding.generator_for(params)
         ids = list(prompt_ids)
         out: list[int] = []
         with torch.inference_mode():
             for _ in range(params.max_tokens):
                 logits = self._model(torch.tensor(ids))[-1]
-                tok = self.next_token(logits, params, gen)
+                tok = decoding.pick(logits, params, gen)
                 if tok == EOS:
                     break
                 out.append(tok)
                 ids.append(tok)
         return Generation(out, self.detokenize(out), time.perf_counter() - t0, prompt_ids)
+
+    def verify_prefill(self, prompt: str, params: SamplingParams, claimed: list[int],
+                       tau: float = decoding.DEFAULT_TAU) -> decoding.Verdict:
+        """One forward pass over prompt + claimed tokens; see engines.decoding.judge."""
+        if self._model is None:
+            raise RuntimeError("engine not loaded")
+        t0 = time.perf_counter()
+        prompt_ids = self.prompt_token_ids(prompt)
+        if len(prompt_ids) + len(claimed) > self.cfg.max_pos or len(claimed) > params.max_tokens:
+            return decoding.Verdict(False, False, 0, time.perf_counter() - t0)
+        with torch.inference_mode():
+            logits = self._model(torch.tensor(prompt_ids + [int(t) for t in claimed]))
+        rows = logits[len(prompt_ids) - 1:]
+        v = decoding.judge(rows, claimed, params, self.stop_token_ids(), tau)
+        return decoding.Verdict(v.accepted, v.uncertain, v.mismatch_at, time.perf_counter() - t0)
