@@ -1,0 +1,1 @@
+"""Measurement scripts: JSON + PNG out, never asserted as tests."""
