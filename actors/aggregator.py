@@ -136,15 +136,15 @@ class Aggregator:
         cv = b["mode"] == CROSS_VALIDATION
         runs = 1 + b["n"] if cv else b["n"]  # cross-validation escrows for the worst case, refunds the rest
         amount = self.econ.price * runs
-        try:  # draw first: a request that cannot be served never touches the ledger
+        try:  # build and draw first: a request that cannot be served never touches the ledger
+            rnd = Round(rid, 1 if cv else b["n"], float(b["timeout_s"]), self.limits.reveal_timeout_s,
+                        b["n"] + self.limits.referee_extra, mode=b["mode"], verifiers=b["n"] if cv else 0)
             draw = await self.selector.draw.remote(rid, b["model_id"], 1 if cv else b["n"], coin=cv)
             _raise_group_error(await self.ledger.escrow.remote(rid, b["client_id"], amount))
         except BaseException:
             self.guard.forget(rid)
             self.selector.forget.remote(rid)
             raise
-        rnd = Round(rid, 1 if cv else b["n"], float(b["timeout_s"]), self.limits.reveal_timeout_s,
-                    b["n"] + self.limits.referee_extra, mode=b["mode"], verifiers=b["n"] if cv else 0)
         loop = asyncio.get_running_loop()
         live = Live(req, prompt, rnd, draw["det_class"], amount, t0, first=loop.create_future(),
                     final=loop.create_future(),

@@ -161,7 +161,10 @@ def cmd_verify(args) -> int:
         raw = open(args.file, "rb").read()
     except OSError as exc:
         return _err(f"cannot read {args.file}: {exc.strerror}", EXIT_USAGE)
-    keys = [bytes.fromhex(k) for k in args.aggregator_key] if args.aggregator_key else None
+    try:
+        keys = [bytes.fromhex(k) for k in args.aggregator_key] if args.aggregator_key else None
+    except ValueError:
+        return _err("--aggregator-key must be hex", EXIT_USAGE)
     from protocols.errors import ReceiptInvalid
 
     try:

@@ -5,7 +5,7 @@
     [limits]     timeout_s, reveal_timeout_s, max_prompt_chars, max_n, max_tokens, referee_extra, client_credit,
                  default_p (cross-validation check probability)
     [[models]]   id, engine ("tiny" | "smollm2" | "vllm"), options = { engine kwargs }
-    [[nodes]]    model, count, prefix, threads, gpus (0 = CPU share)
+    [[nodes]]    model, count, prefix, threads, gpus (0 = CPU executors), cpus (0 = fair share)
     [malicious]  "<node id>" = "<behaviour>"   (experiments only)
 
 Every field is validated in __post_init__; a bad file raises ConfigError naming
@@ -74,6 +74,7 @@ class NodeGroup:
     prefix: str = ""  # node ids are f"{prefix}-{i:02d}" (default: model id)
     threads: int = 1  # torch threads per executor (part of the determinism class)
     gpus: int = 0  # 1 = each executor pinned to its own GPU bundle
+    cpus: float = 0.0  # CPU executors: Ray CPUs each (0 = a fair share of the free CPUs)
 
     def __post_init__(self) -> None:
         if not isinstance(self.count, int) or self.count < 1:
@@ -82,6 +83,8 @@ class NodeGroup:
             raise ConfigError(f"nodes[{self.model}].threads must be an integer >= 1")
         if self.gpus not in (0, 1):
             raise ConfigError(f"nodes[{self.model}].gpus must be 0 or 1")
+        if not isinstance(self.cpus, (int, float)) or isinstance(self.cpus, bool) or not 0 <= self.cpus <= 64:
+            raise ConfigError(f"nodes[{self.model}].cpus must be a number in [0, 64]")
         self.prefix = self.prefix or self.model
 
     def node_ids(self) -> list[str]:
@@ -162,6 +165,9 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> NetworkConfig:
             raise ConfigError(f"limits.{f} must be a positive number")
     if not isinstance(limits.default_p, (int, float)) or not 0 <= limits.default_p <= 1:
         raise ConfigError("limits.default_p must be a probability in [0, 1]")
+    if not isinstance(limits.referee_extra, int) or isinstance(limits.referee_extra, bool) \
+            or limits.referee_extra < 1:
+        raise ConfigError("limits.referee_extra must be an integer >= 1 (referees outnumber the quorum)")
     for f in ("max_prompt_chars", "max_n", "max_tokens", "client_credit"):
         if not isinstance(getattr(limits, f), int) or getattr(limits, f) < 1:
             raise ConfigError(f"limits.{f} must be a positive integer")

@@ -75,7 +75,7 @@ def engine_spec(model: ModelSection, threads: int) -> dict:
 
 
 def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None] = lambda s: None,
-           ledger_path: str | None = None) -> Network:
+           ledger_path: str | None = None, ready_timeout_s: float = 900.0) -> Network:
     """Start the whole network from `cfg` on the connected Ray cluster."""
     if not ray.is_initialized():
         raise VerinferError("connect to a Ray cluster first (ray.init)")
@@ -98,8 +98,7 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     ray.get([registry.register_model.remote(m.id, hashes[m.id], m.engine) for m in cfg.models])
     log(f"registered {len(cfg.models)} model(s): " + ", ".join(f"{k}={v[:12]}…" for k, v in hashes.items()))
 
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    placements, pgs = placement.plan(cfg.nodes, cpus)
+    placements, pgs = placement.plan(cfg.nodes, ray.available_resources().get("CPU", 0.0))
     if pgs:
         try:
             ray.get([pg.ready() for pg in pgs], timeout=60)
@@ -114,7 +113,14 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
         ).remote(p.node_id, engine_spec(cfg.model(g.model), g.threads), cfg.malicious.get(p.node_id, "honest"),
                  actor_name(cfg, "aggregator"), cfg.network.namespace if detached else None)
     log(f"starting {len(executors)} node executor(s)…")
-    infos = ray.get([e.ready.remote() for e in executors.values()])
+    refs = {e.ready.remote(): nid for nid, e in executors.items()}
+    done, pending = ray.wait(list(refs), num_returns=len(refs), timeout=ready_timeout_s)
+    if pending:
+        for h in list(executors.values()) + [aggregator, selector, registry, ledger]:
+            ray.kill(h)
+        raise VerinferError(f"executors not ready after {ready_timeout_s:.0f}s: "
+                            + ", ".join(sorted(refs[r] for r in pending)))
+    infos = ray.get(list(refs))
 
     econ = cfg.economics
     ray.get([ledger.deposit.remote(f"collateral/{i['node_id']}", econ.collateral, f"stake|{i['node_id']}")

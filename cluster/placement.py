@@ -4,8 +4,9 @@
   they mostly wait on messages, and a 2-CPU laptop must host the whole network.
 - Executors of a GPU group (gpus = 1) each get their own placement-group bundle
   {"GPU": 1, "CPU": c}: one engine, one GPU, never a hand-set CUDA_VISIBLE_DEVICES.
-- Executors of a CPU group share the cluster's CPUs fractionally, so N of them
-  fit on any machine; their torch thread count is fixed by the config instead.
+- Executors of a CPU group share the cluster's *free* CPUs fractionally (or take
+  the group's explicit `cpus`), so N of them fit on any machine, next to other
+  networks; their torch thread count is fixed by the config instead.
 """
 
 from __future__ import annotations
@@ -30,17 +31,25 @@ def cpu_share(total_cpus: float, n_executors: int) -> float:
     return max(0.01, min(1.0, int(total_cpus * 100 / n_executors) / 100))
 
 
-def plan(groups: list, cluster_cpus: float, cpus_per_gpu_executor: float = 1.0):
+def plan(groups: list, free_cpus: float, cpus_per_gpu_executor: float = 1.0):
     """Return (placements, placement_groups) for every executor in `groups`.
 
-    groups: config NodeGroup list (node_ids(), gpus). GPU groups get one placement
-    group each, created here and returned so `down` can remove them.
+    groups: config NodeGroup list (node_ids(), gpus, cpus). GPU groups get one
+    placement group each, created here and returned so `down` can remove them.
+    Raises ConfigError when the free CPUs cannot host the CPU executors.
     """
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    n_cpu_exec = sum(g.count for g in groups if not g.gpus)
-    share = cpu_share(cluster_cpus, n_cpu_exec)
+    from protocols.errors import ConfigError
+
+    explicit = sum(g.count * g.cpus for g in groups if not g.gpus and g.cpus)
+    n_auto = sum(g.count for g in groups if not g.gpus and not g.cpus)
+    left = free_cpus - explicit
+    if left < -1e-9 or (n_auto and left < 0.01 * n_auto):
+        raise ConfigError(f"the cluster has {free_cpus:.2f} free CPUs; these node groups need "
+                          f"{explicit:.2f} + {0.01 * n_auto:.2f} (stop another network or set nodes.cpus)")
+    share = cpu_share(left, n_auto)
     placements: list[ExecutorPlacement] = []
     pgs = []
     for g in groups:
@@ -54,5 +63,5 @@ def plan(groups: list, cluster_cpus: float, cpus_per_gpu_executor: float = 1.0):
                     (len(pgs) - 1, i)))
         else:
             for nid in g.node_ids():
-                placements.append(ExecutorPlacement(nid, {"num_cpus": share}))
+                placements.append(ExecutorPlacement(nid, {"num_cpus": g.cpus or share}))
     return placements, pgs

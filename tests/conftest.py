@@ -36,6 +36,7 @@ def tiny_net(ray_cluster, tmp_path_factory):
     cfg = cfgmod.load("tiny.toml")
     cfg.network.name = f"t-net-{uuid.uuid4().hex[:6]}"
     cfg.malicious = {}
+    cfg.nodes[0].cpus = 0.05  # leave CPUs free for the other networks tests deploy next to it
     cfg.limits.timeout_s = 4.0
     cfg.limits.reveal_timeout_s = 4.0
     network = deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("ledger") / "ledger.db"))
