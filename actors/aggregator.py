@@ -7,6 +7,12 @@ signs the receipt. It never decides anything the round did not.
 
 Client-facing calls: `submit` (validate, escrow, draw, dispatch), `first_output`
 (the first node's signed output, provisional), `final` (receipt + answer).
+
+In mode "obfuscated" the aggregator never learns who the members are: the
+selector draws N+1 nodes and dispatches sealed tickets, members push their
+results and reveals signed by one-time keys (`obf_result`, `obf_reveal`), and
+only pseudonyms that must be slashed are unblinded — checked against the
+mapping commitment the selector published at draw time.
 """
 
 from __future__ import annotations
@@ -17,16 +23,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocols import commitments, crossval, messages, receipts
+from collections import Counter
+
+from protocols import commitments, crossval, messages, obfuscation, receipts
 from protocols.crypto import SigningKey
 from protocols.errors import (InvalidParams, MessageError, PromptTooLarge, UnknownModel, UnknownRequest,
                               UnknownSender, VerinferError, ModelHashMismatch)
 from protocols.ledger import Settlement, Slash
 from protocols.params import SamplingParams
-from protocols.sampling import (CROSS_VALIDATION, QUORUM, SAMPLING, Dispatch, DrawReferees, DrawReplacements,
+from protocols.sampling import (CROSS_VALIDATION, QUORUM, REFEREE, SAMPLING, Dispatch, DrawReferees, DrawReplacements,
                                 DrawVerifiers, Finalize, FirstOutput, FlipCoin, RequestReveals, Round)
 
-MODES = (SAMPLING, CROSS_VALIDATION)
+OBFUSCATED = "obfuscated"
+MODES = (SAMPLING, CROSS_VALIDATION, OBFUSCATED)
 
 
 @dataclass
@@ -62,6 +71,10 @@ class Live:
     p: float = 0.0  # cross-validation check probability
     coin: dict | None = None  # cross-validation: the opened coin, for the receipt
     methods: dict[str, str] = field(default_factory=dict)  # node -> generate | prefill | ...
+    obfuscated: bool = False
+    mapping: dict[str, bytes] = field(default_factory=dict)  # obfuscated: pseudonym -> committed entry
+    unblinded: dict[str, list] = field(default_factory=dict)  # obfuscated: slashed pseudonym -> [node, salt]
+    msgs: Counter = field(default_factory=Counter)  # protocol messages this round exchanged
 
 
 class Aggregator:
@@ -76,6 +89,7 @@ class Aggregator:
         self._handles: dict[str, Any] = {}
         self._models: dict[str, dict] = {}
         self._clients: set[str] = set()
+        self._joined = asyncio.Condition()  # obfuscated: wakes pushes that arrive before their member is known
         self.counters = {"submitted": 0, "final": 0, "resolved": 0, "unresolved": 0, "failed": 0, "messages": 0}
 
     def pubkey(self) -> bytes:
@@ -133,28 +147,33 @@ class Aggregator:
         b = req.body
         rid = b["request_id"]
         self.guard.record(req)
-        cv = b["mode"] == CROSS_VALIDATION
-        runs = 1 + b["n"] if cv else b["n"]  # cross-validation escrows for the worst case, refunds the rest
+        cv, obf = b["mode"] == CROSS_VALIDATION, b["mode"] == OBFUSCATED
+        size = b["n"] + 1 if obf else (1 if cv else b["n"])  # obfuscated: N+1 in parallel
+        runs = 1 + b["n"] if cv else size  # cross-validation escrows for the worst case, refunds the rest
         amount = self.econ.price * runs
+        loop = asyncio.get_running_loop()
         try:  # build and draw first: a request that cannot be served never touches the ledger
-            rnd = Round(rid, 1 if cv else b["n"], float(b["timeout_s"]), self.limits.reveal_timeout_s,
-                        b["n"] + self.limits.referee_extra, mode=b["mode"], verifiers=b["n"] if cv else 0)
-            draw = await self.selector.draw.remote(rid, b["model_id"], 1 if cv else b["n"], coin=cv)
+            rnd = Round(rid, size, float(b["timeout_s"]), self.limits.reveal_timeout_s,
+                        size + self.limits.referee_extra, mode=CROSS_VALIDATION if cv else SAMPLING,
+                        verifiers=b["n"] if cv else 0)
+            live = Live(req, prompt, rnd, "", amount, t0, first=loop.create_future(), final=loop.create_future(),
+                        p=float(self.limits.default_p if b["p"] is None else b["p"]) if cv else 0.0,
+                        obfuscated=obf)
+            draw = await self._draw(live, size, "quorum", QUORUM, (), coin=cv, dispatch=False)
             _raise_group_error(await self.ledger.escrow.remote(rid, b["client_id"], amount))
         except BaseException:
             self.guard.forget(rid)
             self.selector.forget.remote(rid)
             raise
-        loop = asyncio.get_running_loop()
-        live = Live(req, prompt, rnd, draw["det_class"], amount, t0, first=loop.create_future(),
-                    final=loop.create_future(),
-                    p=float(self.limits.default_p if b["p"] is None else b["p"]) if cv else 0.0)
         self.rounds[rid] = live
+        if obf:  # tickets go out only once the work is paid for
+            await self.selector.dispatch_tickets.remote(rid)
+        live.det_class = draw["det_class"]
         self.counters["submitted"] += 1
         await self._run(live, rnd.start(draw["selected"], draw["keys"], time.time()))
         asyncio.ensure_future(self._clock(live))
         return {"request_id": rid, "quorum_size": len(draw["selected"]), "det_class": draw["det_class"],
-                "calls": [live.calls[n] for n in draw["selected"]]}
+                "calls": [live.calls[n] for n in draw["selected"] if n in live.calls]}
 
     # --- client waits
     async def first_output(self, request_id: str) -> dict:
@@ -190,20 +209,62 @@ class Aggregator:
                     live.timings["first_output"] = time.time()
                     live.first.set_result(self._signed_output(live, act.node_id))
             elif isinstance(act, RequestReveals):
-                for nid in act.node_ids:
-                    ref = (await self._handle(nid)).reveal.remote(live.round.request_id)
-                    asyncio.ensure_future(self._on_reveal(live, nid, ref))
-            elif isinstance(act, DrawReplacements):
-                asyncio.ensure_future(self._replace(live, act))
-            elif isinstance(act, DrawReferees):
-                asyncio.ensure_future(self._referees(live, act))
-            elif isinstance(act, FlipCoin):
-                asyncio.ensure_future(self._flip(live, act))
-            elif isinstance(act, DrawVerifiers):
-                asyncio.ensure_future(self._verifiers(live, act))
+                live.msgs["reveal_request"] += len(act.node_ids)
+                if live.obfuscated:
+                    await self.selector.request_reveals.remote(live.round.request_id, list(act.node_ids))
+                else:
+                    for nid in act.node_ids:
+                        ref = (await self._handle(nid)).reveal.remote(live.round.request_id)
+                        asyncio.ensure_future(self._await_reveal(live, nid, ref))
+            elif isinstance(act, (DrawReplacements, DrawReferees, DrawVerifiers, FlipCoin)):
+                asyncio.ensure_future(self._background(live, act))
             elif isinstance(act, Finalize):
                 await self._finalize(live, act.outcome)
         live.wake.set()
+
+    async def _background(self, live: Live, act) -> None:
+        try:
+            await self._background_step(live, act)
+        except Exception as exc:  # never leave a client waiting on a round that cannot proceed
+            if not live.round.done:
+                await self._run(live, live.round.abort(f"{type(act).__name__} failed: {type(exc).__name__}: {exc}"))
+
+    async def _background_step(self, live: Live, act) -> None:
+        rnd, now = live.round, time.time
+        if isinstance(act, FlipCoin):
+            seed = await self.selector.reveal_coin.remote(rnd.request_id)
+            checked = crossval.flip(seed, rnd.request_id, act.commit_hash, live.p)
+            sel = await self.selector.record.remote(rnd.request_id)
+            live.coin = {"commit": sel["coin_commit"], "seed": seed, "p": repr(float(live.p)),
+                         "node_id": act.node_id, "commit_hash": act.commit_hash, "checked": checked}
+            await self._run(live, rnd.on_coin(checked, now()))
+        elif isinstance(act, DrawVerifiers):
+            d = await self._draw(live, act.count, "verify", QUORUM, act.exclude, allow_fewer=True)
+            await self._run(live, rnd.on_replacements(d["selected"], d["keys"], QUORUM, now()))
+        elif isinstance(act, DrawReferees):
+            d = await self._draw(live, act.count, "referee", REFEREE, act.exclude, allow_fewer=True)
+            await self._run(live, rnd.on_referees(d["selected"], d["keys"], now()))
+        else:
+            k = sum(1 for m in rnd.members.values() if m.role == act.role)
+            d = await self._draw(live, act.count, f"replace:{act.role}:{k}", act.role, act.exclude, allow_fewer=True)
+            for nid in act.exclude:  # calls of timed-out members will never be used
+                if nid in live.calls and rnd.members[nid].state == "timed-out":
+                    _cancel(live.calls.pop(nid))
+            await self._run(live, rnd.on_replacements(d["selected"], d["keys"], act.role, now()))
+
+    async def _draw(self, live: Live, count: int, label: str, role: str, exclude: tuple,
+                    allow_fewer: bool = False, coin: bool = False, dispatch: bool = True) -> dict:
+        """Ask the selector for members: node ids, or pseudonyms in obfuscated mode."""
+        b, rid = live.request.body, live.round.request_id
+        det = live.det_class or None
+        if not live.obfuscated:
+            return await self.selector.draw.remote(rid, b["model_id"], count, label=label, exclude=exclude,
+                                                   det_class=det, allow_fewer=allow_fewer, coin=coin)
+        d = await self.selector.draw_obfuscated.remote(rid, b["model_id"], count, role, label, live.request.raw,
+                                                       live.prompt, det, allow_fewer, dispatch)
+        live.mapping.update(d["mapping"])
+        live.msgs["dispatch"] += len(d["pseudonyms"])
+        return {"det_class": d["det_class"], "selected": d["pseudonyms"], "keys": d["keys"]}
 
     async def _handle(self, node_id: str):
         if node_id not in self._handles:
@@ -211,32 +272,46 @@ class Aggregator:
         return self._handles[node_id]
 
     async def _dispatch(self, live: Live, act: Dispatch) -> None:
+        if live.obfuscated:  # the selector already handed out the tickets
+            async with self._joined:
+                self._joined.notify_all()
+            return
         claimed = live.outputs[act.verify_of]["token_ids"] if act.verify_of else None
+        live.msgs["dispatch"] += len(act.node_ids)
         for nid in act.node_ids:
             ref = (await self._handle(nid)).execute.remote(live.request.raw, live.prompt, act.role, claimed)
             live.calls[nid] = ref
-            asyncio.ensure_future(self._on_result(live, nid, ref))
+            asyncio.ensure_future(self._await_result(live, nid, ref))
 
     def _signed_output(self, live: Live, node_id: str) -> dict:
         m = live.round.members[node_id]
         return {"node_id": node_id, "pubkey": m.key, "envelope": live.results[node_id],
                 "output": live.outputs[node_id]}
 
-    async def _on_result(self, live: Live, nid: str, ref) -> None:
-        rnd = live.round
+    # --- incoming results and reveals (returned by calls, or pushed in obfuscated mode)
+    async def _await_result(self, live: Live, nid: str, ref) -> None:
         try:
             res = await ref
+        except asyncio.CancelledError:
+            return
+        except Exception:  # an error counts as no answer
+            await self._run(live, live.round.on_failure(nid, time.time()))
+            return
+        await self._accept_result(live, nid, res)
+
+    async def _accept_result(self, live: Live, nid: str, res: Any) -> None:
+        rnd = live.round
+        try:
             env = messages.open_envelope(res["envelope"], "result")
             self._check_member_msg(live, env, nid)
             out = res["output"]
             if commitments.output_digest(out["token_ids"], out["text"]) != env.body["output_digest"]:
                 raise MessageError("output does not match the signed digest")
             self.guard.check_and_record(env)
-        except asyncio.CancelledError:
-            return
-        except Exception:  # an error or a forged answer counts as no answer
+        except Exception:  # a forged or malformed answer counts as no answer
             await self._run(live, rnd.on_failure(nid, time.time()))
             return
+        live.msgs["result"] += 1
         self.counters["messages"] += 1
         live.results[nid], live.outputs[nid] = env.raw, out
         live.methods[nid] = res.get("method", "generate")
@@ -246,17 +321,26 @@ class Aggregator:
             return  # late (already timed out) or out of stage: ignored
         await self._run(live, actions)
 
-    async def _on_reveal(self, live: Live, nid: str, ref) -> None:
-        rnd = live.round
+    async def _await_reveal(self, live: Live, nid: str, ref) -> None:
         try:
-            env = messages.open_envelope(await ref, "reveal")
-            self._check_member_msg(live, env, nid)
-            self.guard.check_and_record(env)
+            raw = await ref
         except asyncio.CancelledError:
             return
         except Exception:
+            await self._run(live, live.round.on_failure(nid, time.time()))
+            return
+        await self._accept_reveal(live, nid, raw)
+
+    async def _accept_reveal(self, live: Live, nid: str, raw: bytes) -> None:
+        rnd = live.round
+        try:
+            env = messages.open_envelope(raw, "reveal")
+            self._check_member_msg(live, env, nid)
+            self.guard.check_and_record(env)
+        except Exception:
             await self._run(live, rnd.on_failure(nid, time.time()))
             return
+        live.msgs["reveal"] += 1
         self.counters["messages"] += 1
         live.reveals[nid] = env.raw
         try:
@@ -270,37 +354,33 @@ class Aggregator:
         if env.body["node_id"] != nid or env.body["request_id"] != live.round.request_id or env.body["role"] != m.role:
             raise MessageError("message fields do not match the member it came from")
 
-    async def _replace(self, live: Live, act: DrawReplacements) -> None:
-        rnd = live.round
-        k = sum(1 for m in rnd.members.values() if m.role == act.role)
-        b = live.request.body
-        draw = await self.selector.draw.remote(rnd.request_id, b["model_id"], act.count, label=f"replace:{act.role}:{k}",
-                                               exclude=act.exclude, det_class=live.det_class, allow_fewer=True)
-        for nid in act.exclude:  # calls of timed-out members will never be used
-            m = rnd.members.get(nid)
-            if m is not None and m.state == "timed-out" and nid in live.calls:
-                _cancel(live.calls.pop(nid))
-        await self._run(live, rnd.on_replacements(draw["selected"], draw["keys"], act.role, time.time()))
+    async def _pushed(self, request_id: str, pseudonym: str) -> Live:
+        """The round a pushed message belongs to, once its member is known (tickets
+        go out before the draw returns here). Raises UnknownSender otherwise."""
+        try:
+            async with self._joined:
+                await asyncio.wait_for(self._joined.wait_for(lambda: (
+                    request_id in self.rounds and pseudonym in self.rounds[request_id].round.members)), 30.0)
+        except asyncio.TimeoutError:
+            raise UnknownSender(f"{pseudonym} is not a member of {request_id}") from None
+        live = self.rounds[request_id]
+        if not live.obfuscated:
+            raise UnknownSender("pushed messages are only for obfuscated rounds")
+        return live
 
-    async def _referees(self, live: Live, act: DrawReferees) -> None:
-        b = live.request.body
-        draw = await self.selector.draw.remote(live.round.request_id, b["model_id"], act.count, label="referee",
-                                               exclude=act.exclude, det_class=live.det_class, allow_fewer=True)
-        await self._run(live, live.round.on_referees(draw["selected"], draw["keys"], time.time()))
+    async def obf_result(self, res: dict) -> None:
+        env = messages.open_envelope(res["envelope"], "result")
+        live = await self._pushed(env.request_id, env.body["node_id"])
+        await self._accept_result(live, env.body["node_id"], res)
 
-    async def _flip(self, live: Live, act: FlipCoin) -> None:
-        seed = await self.selector.reveal_coin.remote(live.round.request_id)
-        checked = crossval.flip(seed, live.round.request_id, act.commit_hash, live.p)
-        sel = await self.selector.record.remote(live.round.request_id)
-        live.coin = {"commit": sel["coin_commit"], "seed": seed, "p": repr(float(live.p)), "node_id": act.node_id,
-                     "commit_hash": act.commit_hash, "checked": checked}
-        await self._run(live, live.round.on_coin(checked, time.time()))
+    async def obf_reveal(self, raw: bytes) -> None:
+        env = messages.open_envelope(raw, "reveal")
+        live = await self._pushed(env.request_id, env.body["node_id"])
+        await self._accept_reveal(live, env.body["node_id"], raw)
 
-    async def _verifiers(self, live: Live, act: DrawVerifiers) -> None:
-        b = live.request.body
-        draw = await self.selector.draw.remote(live.round.request_id, b["model_id"], act.count, label="verify",
-                                               exclude=act.exclude, det_class=live.det_class, allow_fewer=True)
-        await self._run(live, live.round.on_replacements(draw["selected"], draw["keys"], QUORUM, time.time()))
+    async def obf_failure(self, request_id: str, pseudonym: str) -> None:
+        live = await self._pushed(request_id, pseudonym)
+        await self._run(live, live.round.on_failure(pseudonym, time.time()))
 
     async def _clock(self, live: Live) -> None:
         rnd = live.round
@@ -314,43 +394,71 @@ class Aggregator:
                 await self._run(live, rnd.on_tick(time.time()))
 
     # --- the end: settle, sign, answer
-    async def _finalize(self, live: Live, outcome) -> None:
-        rnd = live.round
-        b = live.request.body
-        live.timings["decided"] = time.time()
+    async def _settle(self, live: Live, outcome) -> list[int]:
+        rnd, b = live.round, live.request.body
+        if live.obfuscated:
+            slashed = [p for p, _ in outcome.slashes]
+            if slashed:  # unblind only whom we must slash, and hold the selector to its commitment
+                answer = await self.selector.unblind.remote(rnd.request_id, slashed)
+                for pid in slashed:
+                    node_id, salt = answer[pid]
+                    obfuscation.check_unblinding(live.mapping, rnd.members[pid].key, node_id, salt)
+                    live.unblinded[pid] = [node_id, salt]
+            res = await self.selector.settle_obfuscated.remote(
+                rnd.request_id, b["client_id"], live.escrowed, list(outcome.paid), list(outcome.slashes),
+                list(outcome.beneficiaries), list(outcome.referees))
+            return res["seqs"]
         settlement = Settlement(
             request_id=rnd.request_id, client_id=b["client_id"], escrowed=live.escrowed,
             paid_nodes=tuple(outcome.paid), slashes=tuple(Slash(n, r) for n, r in outcome.slashes),
             beneficiaries=tuple(outcome.beneficiaries), referees=tuple(outcome.referees))
         result = await self.ledger.settle.remote(settlement)
         _raise_group_error(result)
-        stakes = {acct.split("/", 1)[1]: bal for acct, bal in result.balances.items() if acct.startswith("collateral/")}
         if outcome.slashes:
+            stakes = {a.split("/", 1)[1]: v for a, v in result.balances.items() if a.startswith("collateral/")}
             await self.registry.set_stakes.remote(stakes)
             for nid, reason in outcome.slashes:
                 if reason == "timeout":  # an unresponsive node stops being drawn until it re-announces
                     await self.registry.set_live.remote(nid, False)
-        selection = await self.selector.record.remote(rnd.request_id)
+        return list(result.seqs)
+
+    async def _finalize(self, live: Live, outcome) -> None:
+        rnd = live.round
+        live.timings["decided"] = time.time()
+        seqs = await self._settle(live, outcome)
+        if live.obfuscated:
+            selection = {"beacon": b"", "draws": [],
+                         "obfuscated": await self.selector.mapping_record.remote(rnd.request_id)}
+        else:
+            selection = await self.selector.record.remote(rnd.request_id)
         decision = {
             "status": outcome.status, "commitment": outcome.commitment, "paid": list(outcome.paid),
             "slashes": [list(s) for s in outcome.slashes], "beneficiaries": list(outcome.beneficiaries),
             "referees": list(outcome.referees), "disputed": outcome.disputed, "degraded": outcome.degraded,
-            "detail": outcome.detail, "output_node": outcome.output_node, "mode": rnd.mode,
-            "branch": outcome.branch, "coin": live.coin,
+            "detail": outcome.detail, "output_node": outcome.output_node, "mode": live.request.body["mode"],
+            "branch": outcome.branch, "coin": live.coin, "unblinded": live.unblinded,
         }
         committed = [nid for nid in rnd.members if nid in live.results]
         receipt = receipts.build(live.request.raw, selection, [live.results[n] for n in committed],
                                  [live.reveals[n] for n in committed if n in live.reveals], decision,
-                                 {"entries": list(result.seqs)}, time.time(), self.key)
+                                 {"entries": seqs}, time.time(), self.key)
         self.counters[outcome.status] += 1
         answer = live.outputs.get(outcome.output_node) if outcome.output_node else None
         if not live.first.done():  # nobody answered: unblock waiters with the outcome
             live.first.set_result(None)
         live.final.set_result({"receipt": receipt, "output": answer, "status": outcome.status,
-                               "branch": outcome.branch, "methods": dict(live.methods),
+                               "branch": outcome.branch, "methods": dict(live.methods), "messages": dict(live.msgs),
                                "timings": dict(live.timings, submitted=live.submitted_at)})
         for ref in live.calls.values():
             _cancel(ref)
+
+    def debug_state(self, request_id: str) -> bytes:
+        """Everything this actor holds about a round, pickled (privacy audits, tests)."""
+        import pickle
+
+        live = self._live(request_id)
+        state = {k: v for k, v in vars(live).items() if k not in ("first", "final", "wake", "calls")}
+        return pickle.dumps(state)
 
 
 def _cancel(ref) -> None:

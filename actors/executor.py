@@ -11,16 +11,18 @@ and opens the commitment only when the aggregator asks for the reveal.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from protocols import commitments, messages
+from protocols import commitments, messages, obfuscation
 from protocols.crypto import SigningKey
+from protocols.sealing import KemKey
 from protocols.determinism import class_id
-from protocols.errors import MessageError, ModelHashMismatch, ReplayedMessage, UnknownRequest
+from protocols.errors import MessageError, ModelHashMismatch, UnknownRequest
 from protocols.params import SamplingParams
 
 BEHAVIOURS = {
@@ -47,7 +49,10 @@ class NodeExecutor:
         self.key = SigningKey(key_seed or os.urandom(32))
         self.engine = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{node_id}")
-        self._pending: dict[str, tuple[bytes, bytes, str]] = {}  # request id -> (commitment, salt, role)
+        self.kem = KemKey(os.urandom(32))  # HPKE key: tickets (and sealed prompts) are sealed to it
+        # (request id, member id) -> (commitment, salt, role, signing key)
+        self._pending: dict[tuple[str, str], tuple[bytes, bytes, str, SigningKey]] = {}
+        self._inbox: collections.deque = collections.deque(maxlen=256)
         self._seen = messages.ReplayGuard()
         self._executed = 0
 
@@ -65,7 +70,7 @@ class NodeExecutor:
         import ray
 
         ctx = ray.get_runtime_context()
-        return {"node_id": self.node_id, "pubkey": self.key.public, "fingerprint": fp,
+        return {"node_id": self.node_id, "pubkey": self.key.public, "kem_pub": self.kem.public, "fingerprint": fp,
                 "det_class": class_id(fp), "behaviour": self.behaviour, "pid": os.getpid(),
                 "ray_node": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "placement_group": ctx.get_placement_group_id()}
@@ -82,11 +87,7 @@ class NodeExecutor:
         return {"node_id": self.node_id, "executed": self._executed, "behaviour": self.behaviour}
 
     # --- protocol
-    async def execute(self, request_raw: bytes, prompt: str, role: str, claimed: list[int] | None = None) -> dict:
-        """Run (or, given `claimed` tokens of another node, verify) one request.
-
-        Verification tries one prefill pass; if the claim is rejected or a near-tie
-        makes prefill unsure, the node regenerates and commits to its own output."""
+    def _check_request(self, request_raw: bytes, prompt: str) -> messages.Envelope:
         req = messages.open_envelope(request_raw, "request")
         body = req.body
         if messages.client_id_of(req.sender) != body["client_id"]:
@@ -95,11 +96,13 @@ class NodeExecutor:
             raise MessageError("prompt does not match the signed prompt hash")
         if self.behaviour in ("honest", "substitute", "requantize") and body["model_hash"] != self.engine.model_hash():
             raise ModelHashMismatch("request names a model hash this node does not serve")
-        self._seen.check(req)
-        self._seen.record(req)
-        params = SamplingParams.from_wire(body["params"])
-        rid = body["request_id"]
+        self._seen.check_and_record(req)
+        self._inbox.append((body["request_id"], request_raw, prompt))
+        return req
 
+    async def _run(self, body: dict, prompt: str, claimed: list[int] | None):
+        """Produce (token ids, text, method, seconds) as this node's behaviour dictates."""
+        params = SamplingParams.from_wire(body["params"])
         if self.behaviour == "silent":
             await asyncio.Event().wait()  # never answers; the aggregator times it out
         t0 = time.perf_counter()
@@ -124,49 +127,89 @@ class NodeExecutor:
                 token_ids, text = gen.token_ids, gen.text
                 if verdict is not None:
                     method = "prefill-uncertain+generate" if verdict.uncertain else "prefill-reject+generate"
-        engine_seconds = time.perf_counter() - t0
+        return token_ids, text, method, time.perf_counter() - t0
 
-        commitment = commitments.output_commitment(rid, body["model_hash"], body["prompt_hash"], body["params"], token_ids)
+    async def _commit(self, body: dict, member_id: str, role: str, signer: SigningKey, token_ids: list[int],
+                      text: str, method: str, seconds: float) -> dict:
+        rid = body["request_id"]
+        commitment = commitments.output_commitment(rid, body["model_hash"], body["prompt_hash"], body["params"],
+                                                   token_ids)
         salt = os.urandom(32)
-        commit = commitments.commit_hash(self.key.public, commitment, salt)
+        commit = commitments.commit_hash(signer.public, commitment, salt)
         if self.behaviour == "copy":
-            commit = await self._copy_commit(rid) or commit
-        self._pending[rid] = (commitment, salt, role)
+            commit = await self._copy_commit(rid, member_id) or commit
+        self._pending[(rid, member_id)] = (commitment, salt, role, signer)
         self._executed += 1
         env = messages.seal("result", {
-            "request_id": rid, "node_id": self.node_id, "role": role, "commit_hash": commit,
+            "request_id": rid, "node_id": member_id, "role": role, "commit_hash": commit,
             "output_digest": commitments.output_digest(token_ids, text),
-            "engine_seconds": float(engine_seconds), "nonce": os.urandom(16),
-        }, self.key)
+            "engine_seconds": float(seconds), "nonce": os.urandom(16),
+        }, signer)
         return {"envelope": env.raw, "output": {"token_ids": token_ids, "text": text}, "method": method,
-                "engine_seconds": engine_seconds}
+                "engine_seconds": seconds}
 
-    async def reveal(self, request_id: str) -> bytes:
+    async def execute(self, request_raw: bytes, prompt: str, role: str, claimed: list[int] | None = None) -> dict:
+        """Run (or, given `claimed` tokens of another node, verify) one request.
+
+        Verification tries one prefill pass; if the claim is rejected or a near-tie
+        makes prefill unsure, the node regenerates and commits to its own output."""
+        body = self._check_request(request_raw, prompt).body
+        out = await self._run(body, prompt, claimed)
+        return await self._commit(body, self.node_id, role, self.key, *out)
+
+    async def reveal(self, request_id: str, member_id: str | None = None) -> bytes:
         if self.behaviour == "silent":
             await asyncio.Event().wait()
-        if request_id not in self._pending:
+        member_id = member_id or self.node_id
+        if (request_id, member_id) not in self._pending:
             raise UnknownRequest(f"no commitment pending for {request_id}")
-        commitment, salt, role = self._pending.pop(request_id)
+        commitment, salt, role, signer = self._pending.pop((request_id, member_id))
         if self.behaviour == "copy":
             board = await self._board(request_id)
-            others = [c for nid, c in board["reveals"].items() if nid != self.node_id]
+            others = [c for nid, c in board["reveals"].items() if nid != member_id]
             commitment = others[0] if others else os.urandom(32)
-        env = messages.seal("reveal", {"request_id": request_id, "node_id": self.node_id, "role": role,
-                                       "commitment": commitment, "salt": salt, "nonce": os.urandom(16)}, self.key)
+        env = messages.seal("reveal", {"request_id": request_id, "node_id": member_id, "role": role,
+                                       "commitment": commitment, "salt": salt, "nonce": os.urandom(16)}, signer)
         return env.raw
+
+    # --- obfuscated mode: act under a one-time key from a sealed ticket
+    async def execute_ticket(self, sealed_ticket: bytes, request_raw: bytes, prompt: str,
+                             selector_public: bytes) -> dict:
+        """Open the selector's ticket, run, and push the result (signed with the
+        ticket's one-time key) to the aggregator. Nothing here names another member."""
+        req = messages.open_envelope(request_raw, "request")
+        ticket = obfuscation.open_ticket(sealed_ticket, req.request_id, self.kem, selector_public)
+        body = self._check_request(request_raw, prompt).body
+        signer = ticket.key
+        pid = obfuscation.pseudonym_id(signer.public)
+        self._inbox.append((body["request_id"], sealed_ticket, ""))
+        out = await self._run(body, prompt, None)
+        res = await self._commit(body, pid, ticket.role, signer, *out)
+        await self._aggregator().obf_result.remote(res)
+        return {"pseudonym": pid}
+
+    async def reveal_ticket(self, request_id: str, pseudonym: str) -> None:
+        raw = await self.reveal(request_id, pseudonym)
+        await self._aggregator().obf_reveal.remote(raw)
+
+    def received(self, request_id: str) -> list:
+        """Every input this node received for a request (for privacy audits and tests)."""
+        return [(raw, prompt) for rid, raw, prompt in self._inbox if rid == request_id]
 
     # --- misbehaviour helpers
     def _detokenize(self, token_ids: list[int]) -> str:
         detok = getattr(self.engine, "detokenize", None)
         return detok(token_ids) if detok else ""
 
-    async def _board(self, request_id: str) -> dict:
+    def _aggregator(self):
         import ray
 
-        agg = ray.get_actor(self.aggregator_name, namespace=self.namespace)
-        return await agg.public_view.remote(request_id)
+        return ray.get_actor(self.aggregator_name, namespace=self.namespace)
 
-    async def _copy_commit(self, request_id: str, wait_s: float = 2.0) -> bytes | None:
+    async def _board(self, request_id: str) -> dict:
+        return await self._aggregator().public_view.remote(request_id)
+
+    async def _copy_commit(self, request_id: str, member_id: str, wait_s: float = 2.0) -> bytes | None:
         """Wait for someone else's commit hash on the public board and reuse it."""
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
@@ -174,7 +217,7 @@ class NodeExecutor:
                 board = await self._board(request_id)
             except Exception:  # board not reachable: fall back to an own (bogus) commit
                 return None
-            others = [c for nid, c in board["commits"].items() if nid != self.node_id]
+            others = [c for nid, c in board["commits"].items() if nid != member_id]
             if others:
                 return others[0]
             await asyncio.sleep(0.02)

@@ -35,6 +35,7 @@ class NodeRecord:
     live: bool = True
     attested: bool = False
     handle: Any = field(default=None, repr=False)
+    kem_pub: bytes = b""  # HPKE public key: tickets and sealed prompts are sealed to it
 
     def view(self) -> NodeView:
         return NodeView(self.node_id, self.model_id, self.det_class, self.stake, self.live, self.attested)
@@ -67,7 +68,7 @@ class ModelRegistry:
 
     # --- nodes
     def admit(self, node_id: str, pubkey: bytes, model_id: str, fingerprint: dict, stake: int,
-              handle: Any = None, attested: bool = False) -> dict:
+              handle: Any = None, attested: bool = False, kem_pub: bytes = b"") -> dict:
         if node_id in self.nodes:
             raise DuplicateNode(f"node {node_id!r} is already registered")
         model = self.models.get(model_id)
@@ -81,7 +82,7 @@ class ModelRegistry:
         if any(n.pubkey == pubkey for n in self.nodes.values()):
             raise DuplicateNode("another node already uses this public key")
         rec = NodeRecord(node_id, bytes(pubkey), model_id, class_id(fingerprint), dict(fingerprint), int(stake),
-                         True, attested, handle)
+                         True, attested, handle, bytes(kem_pub))
         self.nodes[node_id] = rec
         self.version += 1
         return self.describe(node_id)
@@ -109,6 +110,9 @@ class ModelRegistry:
     def handles(self, node_ids: list[str] | None = None) -> dict[str, Any]:
         ids = node_ids if node_ids is not None else list(self.nodes)
         return {nid: self._node(nid).handle for nid in ids}
+
+    def kem_keys(self, node_ids: list[str]) -> dict[str, bytes]:
+        return {nid: self._node(nid).kem_pub for nid in node_ids}
 
     def views(self, model_id: str | None = None) -> tuple[int, list[NodeView], dict[str, bytes]]:
         """(version, selection views, node id -> public key) for the selector."""

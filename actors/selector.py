@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncio
 import os
 
-from protocols import crossval, selection
+from protocols import crossval, obfuscation, selection
+from protocols.canonical import pack
+from protocols.crypto import SigningKey
 from protocols.errors import NotEnoughNodes, UnknownRequest
+from protocols.ledger import Settlement, Slash
 
 
 class QuorumSelector:
@@ -72,3 +76,117 @@ class QuorumSelector:
     def forget(self, request_id: str) -> None:
         self.records.pop(request_id, None)
         self.coins.pop(request_id, None)
+
+
+class ObfuscatingSelector(QuorumSelector):
+    """Adds Node Obfuscation: the selector alone knows which node hides behind
+    which pseudonym. It dispatches sealed tickets, relays reveal requests,
+    unblinds only on request (checked by the aggregator against the mapping it
+    committed to) and settles obfuscated rounds, so honest identities never
+    reach the aggregator."""
+
+    def __init__(self, registry: Any, beacon: bytes, min_stake: int, key_seed: bytes | None = None):
+        super().__init__(registry, beacon, min_stake)
+        self.key = SigningKey(key_seed or os.urandom(32))
+        self.aggregator = None
+        self.ledger = None
+        # request id -> {"members": {pid: (node id, salt, pseudonym key, role)}, "served": set(node ids)}
+        self.obf: dict[str, dict] = {}
+
+    def bind(self, aggregator: Any, ledger: Any) -> None:
+        self.aggregator, self.ledger = aggregator, ledger
+
+    def pubkey(self) -> bytes:
+        return self.key.public
+
+    async def draw_obfuscated(self, request_id: str, model_id: str, n: int, role: str, label: str,
+                              request_raw: bytes, prompt: str, det_class: str | None = None,
+                              allow_fewer: bool = False, dispatch: bool = True) -> dict:
+        """Draw n fresh nodes, hand each a sealed ticket, return only pseudonyms.
+
+        dispatch=False holds the tickets until `dispatch_tickets` (after escrow)."""
+        state = self.obf.setdefault(request_id, {"members": {}, "served": set(), "held": []})
+        rec = await self.draw(request_id, model_id, n, label, tuple(sorted(state["served"])), det_class,
+                              allow_fewer)
+        kems = await self.registry.kem_keys.remote(rec["selected"])
+        handles = await self.registry.handles.remote(rec["selected"])
+        out = {"det_class": rec["det_class"], "pseudonyms": [], "keys": [], "mapping": {}}
+        for nid in rec["selected"]:
+            ticket = obfuscation.Ticket(request_id, role, os.urandom(32))
+            salt = os.urandom(32)
+            pub = ticket.key.public
+            pid = obfuscation.pseudonym_id(pub)
+            state["members"][pid] = (nid, salt, pub, role)
+            state["served"].add(nid)
+            sealed = obfuscation.make_ticket(ticket, kems[nid], self.key)
+            state["held"].append((pid, handles[nid], sealed, request_raw, prompt))
+            out["pseudonyms"].append(pid)
+            out["keys"].append(pub)
+            out["mapping"][pid] = obfuscation.mapping_entry(pub, nid, salt)
+        if dispatch:
+            self.dispatch_tickets(request_id)
+        return out
+
+    def dispatch_tickets(self, request_id: str) -> None:
+        for pid, handle, sealed, request_raw, prompt in self.obf[request_id]["held"]:
+            ref = handle.execute_ticket.remote(sealed, request_raw, prompt, self.key.public)
+            asyncio.ensure_future(self._watch(request_id, pid, ref))
+        self.obf[request_id]["held"] = []
+
+    async def _watch(self, request_id: str, pid: str, ref) -> None:
+        try:
+            await ref
+        except asyncio.CancelledError:
+            return
+        except Exception:  # the node failed: tell the aggregator, still by pseudonym only
+            await self.aggregator.obf_failure.remote(request_id, pid)
+
+    async def request_reveals(self, request_id: str, pseudonyms: list[str]) -> None:
+        members = self._members(request_id)
+        handles = await self.registry.handles.remote([members[p][0] for p in pseudonyms])
+        for pid in pseudonyms:
+            ref = handles[members[pid][0]].reveal_ticket.remote(request_id, pid)
+            asyncio.ensure_future(self._watch(request_id, pid, ref))
+
+    def _members(self, request_id: str) -> dict:
+        if request_id not in self.obf:
+            raise UnknownRequest(f"no obfuscated draw for {request_id}")
+        return self.obf[request_id]["members"]
+
+    def unblind(self, request_id: str, pseudonyms: list[str]) -> dict[str, tuple[str, bytes]]:
+        """(node id, salt) of each pseudonym the aggregator must slash."""
+        members = self._members(request_id)
+        return {p: (members[p][0], members[p][1]) for p in pseudonyms}
+
+    def mapping_record(self, request_id: str) -> dict:
+        """What receipts carry: pseudonyms, roles, the mapping commitment, signed."""
+        members = self._members(request_id)
+        body = {
+            "members": {pid: {"key": pub, "role": role} for pid, (_, _, pub, role) in members.items()},
+            "mapping": {pid: obfuscation.mapping_entry(pub, nid, salt)
+                        for pid, (nid, salt, pub, _) in members.items()},
+        }
+        return {**body, "selector": self.key.public,
+                "sig": self.key.sign(obfuscation.MAPPING_DOMAIN + pack([request_id, body]))}
+
+    async def settle_obfuscated(self, request_id: str, client_id: str, escrowed: int, paid: list[str],
+                                slashes: list[tuple[str, str]], beneficiaries: list[str],
+                                referees: list[str]):
+        """Pay and slash by pseudonym; only the selector maps them to accounts."""
+        members = self._members(request_id)
+        nid = {p: members[p][0] for p in members}
+        settlement = Settlement(request_id, client_id, escrowed, tuple(nid[p] for p in paid),
+                                tuple(Slash(nid[p], why) for p, why in slashes),
+                                tuple(nid[p] for p in beneficiaries), tuple(nid[p] for p in referees))
+        result = await self.ledger.settle.remote(settlement)
+        if slashes:
+            stakes = {a.split("/", 1)[1]: b for a, b in result.balances.items() if a.startswith("collateral/")}
+            await self.registry.set_stakes.remote(stakes)
+            for p, why in slashes:
+                if why == "timeout":
+                    await self.registry.set_live.remote(nid[p], False)
+        return {"seqs": list(result.seqs)}
+
+    def forget(self, request_id: str) -> None:
+        super().forget(request_id)
+        self.obf.pop(request_id, None)

@@ -220,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     net_args(s)
     s.add_argument("--prompt", required=True)
     s.add_argument("--model", default=None)
-    s.add_argument("--mode", default=None, choices=["sampling", "cross-validation"])
+    s.add_argument("--mode", default=None, choices=["sampling", "cross-validation", "obfuscated"],
+                   help="sampling: N nodes agree; cross-validation: 1 node, re-checked by N with prob. p; "
+                        "obfuscated: N+1 nodes with blinded identities")
     s.add_argument("--p", type=float, default=None, help="cross-validation: probability of a re-check")
     s.add_argument("--n", type=int, default=None, help="quorum size (security level)")
     s.add_argument("--max-tokens", type=int, default=32)

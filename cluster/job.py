@@ -7,7 +7,7 @@ Connects to the cluster the job runs on (address "auto"), uses the network
 deployed there by `verinfer up` or deploys it (detached) if absent, submits
 every prompt (all in flight at once), and writes one JSON report with each
 answer, its timings, its receipt (hex) and the ledger balances. Prompts file:
-one prompt per line, or a JSON list of strings / of {"prompt", "n", "max_tokens"}.
+one prompt per line, or a JSON list of strings / of {"prompt", "n", "max_tokens", "mode", "p"}.
 Exit code 0 when every request ended final or resolved, else 1.
 """
 
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="report JSON path")
     ap.add_argument("--n", type=int, default=None, help="quorum size for prompts that do not set one")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--mode", default=None, choices=["sampling", "cross-validation", "obfuscated"],
+                    help="mode for prompts that do not set one (default: the config's)")
+    ap.add_argument("--p", type=float, default=None, help="cross-validation check probability")
     ap.add_argument("--address", default="auto")
     args = ap.parse_args(argv)
 
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         net = deploy(cfg, detached=True, log=print)
     client = Client(net)
     t0 = time.time()
-    handles = [client.generate(p["prompt"], n=p.get("n", args.n), max_tokens=p.get("max_tokens", args.max_tokens))
+    handles = [client.generate(p["prompt"], n=p.get("n", args.n), max_tokens=p.get("max_tokens", args.max_tokens),
+                               mode=p.get("mode", args.mode), p=p.get("p", args.p))
                for p in prompts]
     results = []
     for p, h in zip(prompts, handles):

@@ -19,7 +19,7 @@ from actors.aggregator import Aggregator
 from actors.executor import NodeExecutor
 from actors.ledger import SlashingLedger
 from actors.registry import ModelRegistry
-from actors.selector import QuorumSelector
+from actors.selector import ObfuscatingSelector
 from protocols.errors import ConfigError, VerinferError
 
 from . import placement
@@ -92,9 +92,10 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
 
     ledger = ray.remote(SlashingLedger).options(**opts("ledger", max_restarts=-1, max_task_retries=-1)).remote(path, cfg.economics)
     registry = ray.remote(ModelRegistry).options(**opts("registry")).remote()
-    selector = ray.remote(QuorumSelector).options(**opts("selector")).remote(registry, beacon, cfg.economics.min_stake)
+    selector = ray.remote(ObfuscatingSelector).options(**opts("selector")).remote(registry, beacon, cfg.economics.min_stake)
     aggregator = ray.remote(Aggregator).options(**opts("aggregator", max_concurrency=10000)).remote(
         registry, selector, ledger, cfg.economics, cfg.limits)
+    ray.get(selector.bind.remote(aggregator, ledger))
     ray.get([registry.register_model.remote(m.id, hashes[m.id], m.engine) for m in cfg.models])
     log(f"registered {len(cfg.models)} model(s): " + ", ".join(f"{k}={v[:12]}…" for k, v in hashes.items()))
 
@@ -127,7 +128,8 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
              for i in infos])
     stakes = ray.get(ledger.balances.remote("collateral/"))
     ray.get([registry.admit.remote(i["node_id"], i["pubkey"], group_of[i["node_id"]].model, i["fingerprint"],
-                                   stakes.get(f"collateral/{i['node_id']}", 0), executors[i["node_id"]])
+                                   stakes.get(f"collateral/{i['node_id']}", 0), executors[i["node_id"]],
+                                   kem_pub=i["kem_pub"])
              for i in infos])
     classes = sorted({i["det_class"] for i in infos})
     log(f"admitted {len(infos)} node(s) in {len(classes)} determinism class(es): {', '.join(classes)}")

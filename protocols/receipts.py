@@ -18,7 +18,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from . import commitments, crossval, messages, selection
+from . import commitments, crossval, messages, obfuscation, selection
+from .canonical import pack
+from .crypto import verify as verify_sig
+from .errors import BadSignature
 from .crypto import SigningKey
 from .errors import MessageError, ReceiptInvalid
 
@@ -31,6 +34,7 @@ def build(request_raw: bytes, selection_record: dict, results: Sequence[bytes], 
         "request_id": messages.open_envelope(request_raw, "request").request_id,
         "request": request_raw,
         "selection": {
+            "obfuscated": selection_record.get("obfuscated"),
             "coin_commit": selection_record.get("coin_commit"),
             "beacon": selection_record["beacon"],
             "draws": [{k: d[k] for k in ("label", "det_class", "seed", "eligible", "exclude", "selected", "keys")}
@@ -86,11 +90,16 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
     if messages.client_id_of(req.sender) != rb["client_id"]:
         _fail("request is not signed by the client it names")
 
-    # --- draws
+    # --- draws (or, obfuscated, the selector's signed pseudonym set)
     sel = body["selection"]
     keys: dict[str, bytes] = {}
     roles: dict[str, str] = {}
     beacon = sel.get("beacon")
+    obf = sel.get("obfuscated")
+    if (rb["mode"] == "obfuscated") != bool(obf):
+        _fail("obfuscated requests need the selector's pseudonym record, and only they")
+    if obf:
+        keys, roles = _pseudonyms(obf, rid)
     for d in sel.get("draws", []):
         if d["seed"] != selection.draw_seed(beacon, rid, d["label"]):
             _fail(f"draw {d['label']!r}: seed is not H(beacon, request, label)")
@@ -170,6 +179,15 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
     for nid, _reason in slashed:
         if nid not in keys:
             _fail(f"slashed node {nid} was never drawn")
+    if obf:
+        unblinded = dec.get("unblinded") or {}
+        if set(unblinded) != {nid for nid, _ in slashed}:
+            _fail("exactly the slashed pseudonyms, and only they, must be unblinded")
+        for pid, (node_id, salt) in unblinded.items():
+            try:
+                obfuscation.check_unblinding(obf["mapping"], keys[pid], node_id, salt)
+            except obfuscation.UnblindingRejected as exc:
+                raise ReceiptInvalid(str(exc)) from None
 
     checked = False
     if output_token_ids is not None:
@@ -179,6 +197,21 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
         checked = True
     return ReceiptSummary(rid, status, truth, rb["n"], roles, paid, slashed, env.sender,
                           tuple(body["ledger"].get("entries", ())), checked, rb["mode"], dec.get("branch", ""))
+
+
+def _pseudonyms(obf: dict, rid: str) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Members of an obfuscated round, from the selector's signed record."""
+    body = {"members": obf["members"], "mapping": obf["mapping"]}
+    try:
+        verify_sig(obf["selector"], obfuscation.MAPPING_DOMAIN + pack([rid, body]), obf["sig"])
+    except (BadSignature, MessageError):
+        _fail("pseudonym record is not signed by the selector it names")
+    keys, roles = {}, {}
+    for pid, m in obf["members"].items():
+        if obfuscation.pseudonym_id(m["key"]) != pid or pid not in obf["mapping"]:
+            _fail(f"pseudonym {pid} is not its key's id or has no mapping entry")
+        keys[pid], roles[pid] = m["key"], m["role"]
+    return keys, roles
 
 
 def _member_msg(raw: Any, type_: str, rid: str, keys: dict[str, bytes], roles: dict[str, str]):

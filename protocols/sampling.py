@@ -263,6 +263,10 @@ class Round:
             return self._unresolved("no eligible referee")
         return self.add_members(node_ids, keys, REFEREE, now)
 
+    def abort(self, why: str) -> list:
+        """The round cannot go on (e.g. the selector failed): end it unresolved, refunding."""
+        return [] if self.done else self._unresolved(why)
+
     # --- internals
     def _time_out(self, late: list[Member]) -> list:
         for m in late:

@@ -1,0 +1,57 @@
+"""HPKE sealing (RFC 9180: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM).
+
+Used for tickets sealed to a selected node (obfuscated mode) and, with TEEs,
+for prompts sealed to attested executors and outputs sealed back to clients.
+The sealed form is canonical msgpack [enc, ciphertext]; `info` binds the
+context (e.g. "ticket|<request id>") so a ciphertext cannot be replayed into
+another context. The ephemeral key comes from the library's CSPRNG.
+"""
+
+from __future__ import annotations
+
+from Crypto.Protocol import HPKE
+from Crypto.PublicKey import ECC
+
+from .canonical import pack, unpack
+from .errors import MalformedMessage, MessageError
+
+
+class SealError(MessageError):
+    """A sealed blob does not open: wrong key, wrong context or tampered."""
+
+
+class KemKey:
+    """An X25519 private key for HPKE; `public` is the 32-byte raw public key."""
+
+    __slots__ = ("seed", "_key", "public")
+
+    def __init__(self, seed: bytes):
+        if not isinstance(seed, (bytes, bytearray)) or len(seed) != 32:
+            raise ValueError("an X25519 seed is 32 bytes")
+        self.seed = bytes(seed)
+        self._key = ECC.construct(curve="Curve25519", seed=self.seed)
+        self.public = self._key.public_key().export_key(format="raw")
+
+    def __reduce__(self):
+        return (KemKey, (self.seed,))
+
+    def open(self, sealed: bytes, info: bytes, aad: bytes = b"") -> bytes:
+        obj = unpack(sealed)
+        if not (isinstance(obj, list) and len(obj) == 2 and all(isinstance(x, bytes) for x in obj)):
+            raise MalformedMessage("sealed data must be [enc, ciphertext]")
+        enc, ct = obj
+        try:
+            ctx = HPKE.new(receiver_key=self._key, aead_id=HPKE.AEAD.AES256_GCM, enc=enc, info=info)
+            return ctx.unseal(ct, aad)
+        except (ValueError, TypeError) as exc:
+            raise SealError(f"cannot open sealed data: {exc}") from None
+
+
+def seal(recipient_public: bytes, plaintext: bytes, info: bytes, aad: bytes = b"") -> bytes:
+    try:
+        pub = HPKE.import_x25519_public_key(bytes(recipient_public))
+    except (ValueError, TypeError) as exc:
+        raise MalformedMessage(f"not an X25519 public key: {exc}") from None
+    ctx = HPKE.new(receiver_key=pub, aead_id=HPKE.AEAD.AES256_GCM, info=info)
+    ct = ctx.seal(plaintext, aad)
+    return pack([ctx.enc, ct])
