@@ -17,10 +17,13 @@ import uuid
 
 from protocols import selection
 
+# (prompt, N, cheater in the draw?, mode, p)
 PROMPTS = [
-    ("What is the capital of France?", 1, "avoid"),
-    ("Give me one tip for writing clear code.", 3, "avoid"),
-    ("Name three primary colors.", 2, "include"),
+    ("What is the capital of France?", 1, "avoid", "sampling", None),
+    ("Give me one tip for writing clear code.", 3, "avoid", "sampling", None),
+    ("Name three primary colors.", 2, "include", "sampling", None),
+    ("What is 2 + 2?", 2, "avoid", "cross-validation", 1.0),
+    ("Name a large ocean.", 2, "avoid", "obfuscated", None),
 ]
 
 
@@ -56,16 +59,22 @@ def run_demo(args) -> int:
     nodes = ray.get(net.registry.list_nodes.remote())
     report = []
     try:
-        for prompt, n, how in PROMPTS:
+        for prompt, n, how, mode, p in PROMPTS:
             pool = sorted(x["node_id"] for x in nodes if x["live"] and x["stake"] >= cfg.economics.min_stake)
-            n = min(n, len(pool))
-            rid = steer(beacon, pool, n, set(cfg.malicious), how) if cfg.malicious else None
-            h = client.generate(prompt, n=n, max_tokens=args.max_tokens, request_id=rid)
+            drawn = {"cross-validation": 1, "obfuscated": n + 1}.get(mode, n)
+            if drawn > len(pool):
+                continue
+            rid = steer(beacon, pool, drawn, set(cfg.malicious), how) if cfg.malicious else None
+            h = client.generate(prompt, n=n, max_tokens=args.max_tokens, request_id=rid, mode=mode, p=p)
             first = h.first_output()
             if first is not None:
                 print(f"\n  [{first.seconds:.2f}s] first output from {first.node_id} (provisional): {first.text!r}")
             res = h.result()
-            print_result(res, f"{prompt}   (N={n})")
+            label = {"sampling": f"N={n}", "cross-validation": f"cross-validation N={n} p={p}, {res.branch}",
+                     "obfuscated": f"obfuscated N+1={n + 1}"}[mode]
+            print_result(res, f"{prompt}   ({label})")
+            if res.methods and mode == "cross-validation":
+                print("  verified by : " + ", ".join(f"{k} {v}" for k, v in sorted(res.methods.items())))
             report.append(summary_dict(res))
             nodes = ray.get(net.registry.list_nodes.remote())
         balances = ray.get(net.ledger.balances.remote())
