@@ -75,6 +75,7 @@ class Live:
     mapping: dict[str, bytes] = field(default_factory=dict)  # obfuscated: pseudonym -> committed entry
     unblinded: dict[str, list] = field(default_factory=dict)  # obfuscated: slashed pseudonym -> [node, salt]
     msgs: Counter = field(default_factory=Counter)  # protocol messages this round exchanged
+    draws: list = field(default_factory=list)  # the selector's draw records, for the receipt
 
 
 class Aggregator:
@@ -89,6 +90,7 @@ class Aggregator:
         self._handles: dict[str, Any] = {}
         self._models: dict[str, dict] = {}
         self._clients: set[str] = set()
+        self._beacon: bytes | None = None
         self._joined = asyncio.Condition()  # obfuscated: wakes pushes that arrive before their member is known
         self.counters = {"submitted": 0, "final": 0, "resolved": 0, "unresolved": 0, "failed": 0, "messages": 0}
 
@@ -234,8 +236,7 @@ class Aggregator:
         if isinstance(act, FlipCoin):
             seed = await self.selector.reveal_coin.remote(rnd.request_id)
             checked = crossval.flip(seed, rnd.request_id, act.commit_hash, live.p)
-            sel = await self.selector.record.remote(rnd.request_id)
-            live.coin = {"commit": sel["coin_commit"], "seed": seed, "p": repr(float(live.p)),
+            live.coin = {"commit": live.draws[0]["coin_commit"], "seed": seed, "p": repr(float(live.p)),
                          "node_id": act.node_id, "commit_hash": act.commit_hash, "checked": checked}
             await self._run(live, rnd.on_coin(checked, now()))
         elif isinstance(act, DrawVerifiers):
@@ -258,8 +259,10 @@ class Aggregator:
         b, rid = live.request.body, live.round.request_id
         det = live.det_class or None
         if not live.obfuscated:
-            return await self.selector.draw.remote(rid, b["model_id"], count, label=label, exclude=exclude,
-                                                   det_class=det, allow_fewer=allow_fewer, coin=coin)
+            d = await self.selector.draw.remote(rid, b["model_id"], count, label=label, exclude=exclude,
+                                                det_class=det, allow_fewer=allow_fewer, coin=coin)
+            live.draws.append(d)
+            return d
         d = await self.selector.draw_obfuscated.remote(rid, b["model_id"], count, role, label, live.request.raw,
                                                        live.prompt, det, allow_fewer, dispatch)
         live.mapping.update(d["mapping"])
@@ -430,7 +433,10 @@ class Aggregator:
             selection = {"beacon": b"", "draws": [],
                          "obfuscated": await self.selector.mapping_record.remote(rnd.request_id)}
         else:
-            selection = await self.selector.record.remote(rnd.request_id)
+            if self._beacon is None:
+                self._beacon = await self.selector.beacon_value.remote()
+            selection = {"beacon": self._beacon, "draws": live.draws,
+                         "coin_commit": live.draws[0].get("coin_commit") if live.draws else None}
         decision = {
             "status": outcome.status, "commitment": outcome.commitment, "paid": list(outcome.paid),
             "slashes": [list(s) for s in outcome.slashes], "beneficiaries": list(outcome.beneficiaries),
@@ -439,7 +445,7 @@ class Aggregator:
             "branch": outcome.branch, "coin": live.coin, "unblinded": live.unblinded,
         }
         committed = [nid for nid in rnd.members if nid in live.results]
-        receipt = receipts.build(live.request.raw, selection, [live.results[n] for n in committed],
+        receipt = receipts.build(rnd.request_id, live.request.raw, selection, [live.results[n] for n in committed],
                                  [live.reveals[n] for n in committed if n in live.reveals], decision,
                                  {"entries": seqs}, time.time(), self.key)
         self.counters[outcome.status] += 1

@@ -45,7 +45,21 @@ class ModelRegistry:
     def __init__(self) -> None:
         self.models: dict[str, ModelRecord] = {}
         self.nodes: dict[str, NodeRecord] = {}
-        self.version = 0  # bumps on every change, so readers can cache views
+        self.version = 0  # bumps on every change; subscribers get each new view pushed
+        self._subscribers: list = []
+
+    def subscribe(self, actor: Any) -> None:
+        """`actor.on_registry(version, views, keys)` is called after every change."""
+        self._subscribers.append(actor)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        if self._subscribers:  # synchronous: once a change returns, every draw sees it
+            import ray
+
+            snapshot = self.views(None)
+            ray.get([sub.on_registry.remote(*snapshot) for sub in self._subscribers])
 
     # --- models
     def register_model(self, model_id: str, model_hash: str, engine: str, max_prompt_tokens: int = 1024) -> dict:
@@ -55,7 +69,7 @@ class ModelRegistry:
         if old is not None and old.model_hash != model_hash:
             raise ModelHashMismatch(f"model {model_id!r} is registered with another hash")
         self.models[model_id] = ModelRecord(model_id, model_hash, engine, max_prompt_tokens)
-        self.version += 1
+        self._changed()
         return asdict(self.models[model_id])
 
     def model(self, model_id: str) -> dict:
@@ -84,13 +98,13 @@ class ModelRegistry:
         rec = NodeRecord(node_id, bytes(pubkey), model_id, class_id(fingerprint), dict(fingerprint), int(stake),
                          True, attested, handle, bytes(kem_pub))
         self.nodes[node_id] = rec
-        self.version += 1
+        self._changed()
         return self.describe(node_id)
 
     def remove(self, node_id: str) -> None:
         self._node(node_id)
         del self.nodes[node_id]
-        self.version += 1
+        self._changed()
 
     def _node(self, node_id: str) -> NodeRecord:
         rec = self.nodes.get(node_id)
@@ -123,8 +137,8 @@ class ModelRegistry:
         for nid, stake in stakes.items():
             if nid in self.nodes:
                 self.nodes[nid].stake = int(stake)
-        self.version += 1
+        self._changed()
 
     def set_live(self, node_id: str, live: bool) -> None:
         self._node(node_id).live = bool(live)
-        self.version += 1
+        self._changed()

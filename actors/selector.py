@@ -27,10 +27,12 @@ class QuorumSelector:
         self.min_stake = int(min_stake)
         self.records: dict[str, list[dict]] = {}
         self.coins: dict[str, bytes] = {}  # request id -> secret coin seed (cross-validation)
+        self._version, self._all_views, self._all_keys = -1, None, {}
 
     async def _views(self, model_id: str):
-        version, views, keys = await self.registry.views.remote(model_id)
-        return views, keys
+        if self._all_views is None:  # no push yet: ask once
+            self.on_registry(*(await self.registry.views.remote(None)))
+        return [v for v in self._all_views if v.model_id == model_id], self._all_keys
 
     async def draw(self, request_id: str, model_id: str, n: int, label: str = "quorum",
                    exclude: tuple[str, ...] = (), det_class: str | None = None,
@@ -66,6 +68,14 @@ class QuorumSelector:
         if request_id not in self.coins:
             raise UnknownRequest(f"no coin was committed for {request_id}")
         return self.coins[request_id]
+
+    def beacon_value(self) -> bytes:
+        return self.beacon
+
+    def on_registry(self, version: int, views: list, keys: dict) -> None:
+        """The registry pushes every change, so a draw never waits on it."""
+        if version > self._version:
+            self._version, self._all_views, self._all_keys = version, views, keys
 
     def record(self, request_id: str) -> dict:
         rec = {"beacon": self.beacon, "draws": list(self.records.get(request_id, []))}

@@ -97,7 +97,9 @@ class RequestHandle:
         """Wait for finality; verify the receipt; return the accepted answer."""
         if self._result is not None:
             return self._result
-        fin = ray.get(self.client.aggregator.final.remote(self.request_id), timeout=timeout)
+        return self._complete(ray.get(self.client.aggregator.final.remote(self.request_id), timeout=timeout))
+
+    def _complete(self, fin: dict) -> Result:
         out = fin["output"]
         summary = receipts.verify_receipt(fin["receipt"], [self.client.aggregator_key],
                                           out["token_ids"] if out is not None and fin["status"] in ("final", "resolved") else None)
@@ -161,6 +163,18 @@ class Client:
         """Send one request; returns at once with a handle (see module docstring)."""
         raw, _rid = self.build_request(prompt, **kw)
         return self.submit_raw(raw, prompt)
+
+    def generate_many(self, prompts: list[str], **kw) -> list[RequestHandle]:
+        """Send many requests at once (pipelined: one wait for all submissions)."""
+        built = [self.build_request(p, **kw) for p in prompts]
+        t0 = time.time()
+        subs = ray.get([self.aggregator.submit.remote(raw, p) for (raw, _), p in zip(built, prompts)])
+        return [RequestHandle(self, rid, sub, t0, "") for (_, rid), sub in zip(built, subs)]
+
+    def results(self, handles: list[RequestHandle], timeout: float | None = None) -> list[Result]:
+        """Finality for many requests with one wait (receipts verified as in `result`)."""
+        finals = ray.get([self.aggregator.final.remote(h.request_id) for h in handles], timeout=timeout)
+        return [h._complete(fin) for h, fin in zip(handles, finals)]
 
     def ledger_balances(self, prefix: str = "") -> dict[str, int]:
         return ray.get(self.network.ledger.balances.remote(prefix))

@@ -53,9 +53,12 @@ def model_hash(model: ModelSection) -> str:
     """Content hash of a model's weights, computed where the deployer runs."""
     opts = dict(model.options)
     if model.engine == "tiny":
-        from actors.engines.tiny import tiny_model_hash
+        from dataclasses import fields
 
-        return tiny_model_hash(**{k: v for k, v in opts.items() if k not in ("threads", "max_prompt_tokens")})
+        from actors.engines.tiny import TinyConfig, tiny_model_hash
+
+        shape = {f.name for f in fields(TinyConfig)}
+        return tiny_model_hash(opts.get("cache_dir"), **{k: v for k, v in opts.items() if k in shape})
     if model.engine == "smollm2":
         from actors.engines.smollm2 import smollm2_model_hash
 
@@ -95,7 +98,7 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     selector = ray.remote(ObfuscatingSelector).options(**opts("selector")).remote(registry, beacon, cfg.economics.min_stake)
     aggregator = ray.remote(Aggregator).options(**opts("aggregator", max_concurrency=10000)).remote(
         registry, selector, ledger, cfg.economics, cfg.limits)
-    ray.get(selector.bind.remote(aggregator, ledger))
+    ray.get([selector.bind.remote(aggregator, ledger), registry.subscribe.remote(selector)])
     ray.get([registry.register_model.remote(m.id, hashes[m.id], m.engine) for m in cfg.models])
     log(f"registered {len(cfg.models)} model(s): " + ", ".join(f"{k}={v[:12]}…" for k, v in hashes.items()))
 

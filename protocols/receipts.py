@@ -28,10 +28,10 @@ from .errors import MessageError, ReceiptInvalid
 QUORUM, REFEREE = "quorum", "referee"
 
 
-def build(request_raw: bytes, selection_record: dict, results: Sequence[bytes], reveals: Sequence[bytes],
-          decision: dict, ledger: dict, issued_at: float, key: SigningKey) -> bytes:
+def build(request_id: str, request_raw: bytes, selection_record: dict, results: Sequence[bytes],
+          reveals: Sequence[bytes], decision: dict, ledger: dict, issued_at: float, key: SigningKey) -> bytes:
     body = {
-        "request_id": messages.open_envelope(request_raw, "request").request_id,
+        "request_id": request_id,
         "request": request_raw,
         "selection": {
             "obfuscated": selection_record.get("obfuscated"),

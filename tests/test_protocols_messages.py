@@ -103,3 +103,20 @@ def test_commit_binds_committer_so_a_copied_commit_cannot_be_opened():
 def test_client_id_is_derived_from_key():
     assert messages.client_id_of(KEY.public) == messages.client_id_of(KEY.public)
     assert messages.client_id_of(KEY.public) != messages.client_id_of(OTHER.public)
+
+
+def test_signature_backends_agree_with_rfc8032_vector():
+    from protocols import crypto
+
+    # RFC 8032 section 7.1, TEST 2
+    seed = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
+    pub = bytes.fromhex("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")
+    sig = bytes.fromhex("92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da"
+                        "085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00")
+    k = SigningKey(seed)
+    assert k.public == pub and k.sign(b"\x72") == sig
+    crypto.verify(pub, b"\x72", sig)
+    crypto.verify_pycryptodome(pub, b"\x72", sig)
+    for check in (crypto.verify, crypto.verify_pycryptodome):
+        with pytest.raises(BadSignature):
+            check(pub, b"\x73", sig)

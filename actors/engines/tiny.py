@@ -124,12 +124,13 @@ class TinyEngine:
     name = "tiny"
 
     def __init__(self, cache_dir: str | None = None, threads: int = 1, max_prompt_tokens: int = 512,
-                 expected_hash: str | None = None, **cfg: Any):
+                 expected_hash: str | None = None, fixed_cost_s: float = 0.0, **cfg: Any):
         self.cfg = TinyConfig(**cfg)
         self.cache_dir = cache_dir
         self.threads = threads
         self.max_prompt_tokens = max_prompt_tokens
         self.expected_hash = expected_hash
+        self.fixed_cost_s = float(fixed_cost_s)  # benchmarks: pretend each request costs this much (CPU idle)
         self.variant = HONEST
         self._model: TinyTransformer | None = None
         self._hash: str | None = None
@@ -197,6 +198,8 @@ class TinyEngine:
                     break
                 out.append(tok)
                 ids.append(tok)
+        if self.fixed_cost_s:
+            time.sleep(max(0.0, self.fixed_cost_s - (time.perf_counter() - t0)))
         return Generation(out, self.detokenize(out), time.perf_counter() - t0, prompt_ids)
 
     def verify_prefill(self, prompt: str, params: SamplingParams, claimed: list[int],
