@@ -35,7 +35,8 @@ from protocols.sampling import (CROSS_VALIDATION, QUORUM, REFEREE, SAMPLING, Dis
                                 DrawVerifiers, Finalize, FirstOutput, FlipCoin, RequestReveals, Round)
 
 OBFUSCATED = "obfuscated"
-MODES = (SAMPLING, CROSS_VALIDATION, OBFUSCATED)
+TEE = "tee"  # one node with valid attestation
+MODES = (SAMPLING, CROSS_VALIDATION, OBFUSCATED, TEE)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Live:
     unblinded: dict[str, list] = field(default_factory=dict)  # obfuscated: slashed pseudonym -> [node, salt]
     msgs: Counter = field(default_factory=Counter)  # protocol messages this round exchanged
     draws: list = field(default_factory=list)  # the selector's draw records, for the receipt
+    require_tee: bool = False  # every member must hold valid attestation
 
 
 class Aggregator:
@@ -99,7 +101,7 @@ class Aggregator:
 
     async def register_client(self, public: bytes) -> str:
         cid = messages.client_id_of(public)
-        if cid not in self._clients:
+        if cid not in self._clients and self.limits.client_credit > 0:
             await self.ledger.deposit.remote(f"client/{cid}", self.limits.client_credit, f"faucet|{cid}")
             self._clients.add(cid)
         return cid
@@ -131,6 +133,10 @@ class Aggregator:
             raise InvalidParams("timeout_s must be in (0, 3600]")
         if b["mode"] == CROSS_VALIDATION:
             crossval.check_probability(self.limits.default_p if b["p"] is None else b["p"])
+        if b["mode"] == TEE and b["n"] != 1:
+            raise InvalidParams("mode tee runs on one attested node: n must be 1 (use --require-tee for quorums)")
+        if b["mode"] == OBFUSCATED and b["require_tee"]:
+            raise InvalidParams("obfuscated mode does not combine with require_tee yet")
         params = SamplingParams.from_wire(b["params"])
         if params.max_tokens > self.limits.max_tokens:
             raise InvalidParams(f"max_tokens exceeds the network limit of {self.limits.max_tokens}")
@@ -150,6 +156,7 @@ class Aggregator:
         rid = b["request_id"]
         self.guard.record(req)
         cv, obf = b["mode"] == CROSS_VALIDATION, b["mode"] == OBFUSCATED
+        tee = b["mode"] == TEE or b["require_tee"]
         size = b["n"] + 1 if obf else (1 if cv else b["n"])  # obfuscated: N+1 in parallel
         runs = 1 + b["n"] if cv else size  # cross-validation escrows for the worst case, refunds the rest
         amount = self.econ.price * runs
@@ -160,7 +167,7 @@ class Aggregator:
                         verifiers=b["n"] if cv else 0)
             live = Live(req, prompt, rnd, "", amount, t0, first=loop.create_future(), final=loop.create_future(),
                         p=float(self.limits.default_p if b["p"] is None else b["p"]) if cv else 0.0,
-                        obfuscated=obf)
+                        obfuscated=obf, require_tee=tee)
             draw = await self._draw(live, size, "quorum", QUORUM, (), coin=cv, dispatch=False)
             _raise_group_error(await self.ledger.escrow.remote(rid, b["client_id"], amount))
         except BaseException:
@@ -242,8 +249,10 @@ class Aggregator:
         elif isinstance(act, DrawVerifiers):
             d = await self._draw(live, act.count, "verify", QUORUM, act.exclude, allow_fewer=True)
             await self._run(live, rnd.on_replacements(d["selected"], d["keys"], QUORUM, now()))
-        elif isinstance(act, DrawReferees):
-            d = await self._draw(live, act.count, "referee", REFEREE, act.exclude, allow_fewer=True)
+        elif isinstance(act, DrawReferees):  # attested referees settle disputes wherever they exist
+            d = await self._draw(live, act.count, "referee", REFEREE, act.exclude, allow_fewer=True, attested=True)
+            if not d["selected"] and not live.require_tee:
+                d = await self._draw(live, act.count, "referee:any", REFEREE, act.exclude, allow_fewer=True)
             await self._run(live, rnd.on_referees(d["selected"], d["keys"], now()))
         else:
             k = sum(1 for m in rnd.members.values() if m.role == act.role)
@@ -254,13 +263,15 @@ class Aggregator:
             await self._run(live, rnd.on_replacements(d["selected"], d["keys"], act.role, now()))
 
     async def _draw(self, live: Live, count: int, label: str, role: str, exclude: tuple,
-                    allow_fewer: bool = False, coin: bool = False, dispatch: bool = True) -> dict:
+                    allow_fewer: bool = False, coin: bool = False, dispatch: bool = True,
+                    attested: bool = False) -> dict:
         """Ask the selector for members: node ids, or pseudonyms in obfuscated mode."""
         b, rid = live.request.body, live.round.request_id
         det = live.det_class or None
         if not live.obfuscated:
             d = await self.selector.draw.remote(rid, b["model_id"], count, label=label, exclude=exclude,
-                                                det_class=det, allow_fewer=allow_fewer, coin=coin)
+                                                det_class=det, allow_fewer=allow_fewer, coin=coin,
+                                                require_attested=attested or live.require_tee)
             live.draws.append(d)
             return d
         d = await self.selector.draw_obfuscated.remote(rid, b["model_id"], count, role, label, live.request.raw,

@@ -38,7 +38,7 @@ BEHAVIOURS = {
 class NodeExecutor:
     def __init__(self, node_id: str, engine_spec: dict, behaviour: str = "honest",
                  aggregator_name: str | None = None, namespace: str | None = None,
-                 key_seed: bytes | None = None):
+                 key_seed: bytes | None = None, attestation: dict | None = None):
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r}; choose from {sorted(BEHAVIOURS)}")
         self.node_id = node_id
@@ -50,6 +50,7 @@ class NodeExecutor:
         self.engine = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{node_id}")
         self.kem = KemKey(os.urandom(32))  # HPKE key: tickets (and sealed prompts) are sealed to it
+        self.attestation_spec = dict(attestation or {})  # {"provider": "simulated"|"nvidia", ...}
         # (request id, member id) -> (commitment, salt, role, signing key)
         self._pending: dict[tuple[str, str], tuple[bytes, bytes, str, SigningKey]] = {}
         self._inbox: collections.deque = collections.deque(maxlen=256)
@@ -74,6 +75,27 @@ class NodeExecutor:
                 "det_class": class_id(fp), "behaviour": self.behaviour, "pid": os.getpid(),
                 "ray_node": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "placement_group": ctx.get_placement_group_id()}
+
+    def attest(self, nonce: bytes) -> bytes:
+        """Evidence binding this node's current keys and the verifier's nonce."""
+        from actors.attestation import NvidiaGpuProvider, SimulatedProvider, code_hash
+
+        spec = self.attestation_spec
+        measurements = {"code_hash": code_hash(), "model_hash": self.engine.model_hash(),
+                        "engine": self.engine.name}
+        if spec.get("provider") == "simulated":
+            provider = SimulatedProvider(spec["root_seed"], self.node_id, measurements, spec.get("tcb_version", 1))
+        elif spec.get("provider") == "nvidia":
+            provider = NvidiaGpuProvider(self.key, measurements, spec.get("nras_url", ""))
+        else:
+            raise NotImplementedError(f"node {self.node_id} has no attestation provider")
+        return provider.evidence(self.key.public, self.kem.public, nonce)
+
+    def rotate_keys(self) -> dict:
+        """Fresh signing and HPKE keys for a new attestation epoch (no request may be in flight)."""
+        self.key = SigningKey(os.urandom(32))
+        self.kem = KemKey(os.urandom(32))
+        return {"pubkey": self.key.public, "kem_pub": self.kem.public}
 
     def set_behaviour(self, behaviour: str) -> None:
         """Experiments only: change how this node answers (engine variants need a reload)."""

@@ -8,11 +8,13 @@ node loaded with other weights is refused before it is ever selected.
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from protocols.determinism import class_id
-from protocols.errors import DuplicateNode, ModelHashMismatch, UnknownModel, UnknownNode
+from protocols.errors import DuplicateNode, ModelHashMismatch, NodeError, UnknownModel, UnknownNode
 from protocols.selection import NodeView
 
 
@@ -36,15 +38,23 @@ class NodeRecord:
     attested: bool = False
     handle: Any = field(default=None, repr=False)
     kem_pub: bytes = b""  # HPKE public key: tickets and sealed prompts are sealed to it
+    attestation: dict = field(default_factory=dict)  # last verified evidence: digest, simulated, tcb, ...
+    attested_until: float = 0.0
 
     def view(self) -> NodeView:
-        return NodeView(self.node_id, self.model_id, self.det_class, self.stake, self.live, self.attested)
+        return NodeView(self.node_id, self.model_id, self.det_class, self.stake, self.live, self.attested,
+                        self.attested_until)
 
 
 class ModelRegistry:
-    def __init__(self) -> None:
+    def __init__(self, policy: Any = None, trust_anchors: tuple = (), epoch_s: float = 3600.0) -> None:
         self.models: dict[str, ModelRecord] = {}
         self.nodes: dict[str, NodeRecord] = {}
+        self.policy = policy  # protocols.attestation.Policy, or None: no TEE class in this network
+        self.trust_anchors = tuple(trust_anchors)
+        self.epoch_s = float(epoch_s)  # attestation must be renewed (with fresh keys) every epoch
+        self._nonces: dict[str, bytes] = {}
+        self._seen_nonces: set[bytes] = set()
         self.version = 0  # bumps on every change; subscribers get each new view pushed
         self._subscribers: list = []
 
@@ -116,6 +126,7 @@ class ModelRegistry:
         rec = self._node(node_id)
         d = asdict(rec)
         d.pop("handle")
+        d["attestation"] = {k: v for k, v in rec.attestation.items() if k != "evidence"}
         return d
 
     def list_nodes(self) -> list[dict]:
@@ -125,13 +136,77 @@ class ModelRegistry:
         ids = node_ids if node_ids is not None else list(self.nodes)
         return {nid: self._node(nid).handle for nid in ids}
 
+    # --- attestation: challenge, verify, admit to the TEE class, revoke
+    def challenge(self, node_id: str) -> bytes:
+        """A fresh nonce the node's evidence must bind (with its current keys)."""
+        self._node(node_id)
+        self._nonces[node_id] = os.urandom(32)
+        return self._nonces[node_id]
+
+    def attest(self, node_id: str, evidence: bytes) -> dict:
+        """Verify evidence against the nonce we issued, the node's keys and the policy.
+        Valid -> the node may serve TEE requests until the epoch ends."""
+        from protocols import attestation
+
+        rec = self._node(node_id)
+        if self.policy is None:
+            raise NodeError("this network has no attestation policy")
+        nonce = self._nonces.pop(node_id, None)
+        if nonce is None:
+            raise NodeError(f"no open challenge for {node_id}")
+        now = time.time()
+        res = attestation.verify(evidence, attestation.ExpectedBinding(rec.pubkey, rec.kem_pub, nonce),
+                                 self._policy_for(rec), self.trust_anchors, now, self._seen_nonces)
+        rec.attested = res.ok
+        rec.attested_until = now + self.epoch_s if res.ok else 0.0
+        rec.attestation = {"ok": res.ok, "reason": res.reason, "detail": res.detail, "digest": res.digest,
+                           "simulated": res.simulated, "tcb_version": res.tcb_version,
+                           "device_id": res.device_id, "at": now, "evidence": bytes(evidence) if res.ok else b""}
+        self._changed()
+        return {k: v for k, v in rec.attestation.items() if k != "evidence"}
+
+    def _policy_for(self, rec: NodeRecord):
+        import dataclasses
+
+        model = self.models[rec.model_id]  # measurements must name this node's registered model
+        return dataclasses.replace(self.policy, model_hash=model.model_hash,
+                                   allowed_engines=self.policy.allowed_engines or (model.engine,))
+
+    def revoke(self, tcb_versions: tuple = (), devices: tuple = ()) -> list[str]:
+        """Revoke TCB versions / devices: affected nodes leave the TEE class at once."""
+        import dataclasses
+
+        self.policy = dataclasses.replace(
+            self.policy, revoked_tcb_versions=tuple(self.policy.revoked_tcb_versions) + tuple(tcb_versions),
+            revoked_devices=tuple(self.policy.revoked_devices) + tuple(devices))
+        hit = []
+        for rec in self.nodes.values():
+            a = rec.attestation
+            if rec.attested and (a.get("tcb_version") in self.policy.revoked_tcb_versions
+                                 or a.get("device_id") in self.policy.revoked_devices):
+                rec.attested, rec.attested_until = False, 0.0
+                hit.append(rec.node_id)
+        self._changed()
+        return hit
+
+    def rotate_keys(self, node_id: str, pubkey: bytes, kem_pub: bytes) -> None:
+        """New epoch keys: the node is out of the TEE class until it attests them."""
+        rec = self._node(node_id)
+        if any(n.pubkey == pubkey for n in self.nodes.values() if n.node_id != node_id):
+            raise DuplicateNode("another node already uses this public key")
+        rec.pubkey, rec.kem_pub = bytes(pubkey), bytes(kem_pub)
+        rec.attested, rec.attested_until = False, 0.0
+        self._changed()
+
     def kem_keys(self, node_ids: list[str]) -> dict[str, bytes]:
         return {nid: self._node(nid).kem_pub for nid in node_ids}
 
-    def views(self, model_id: str | None = None) -> tuple[int, list[NodeView], dict[str, bytes]]:
-        """(version, selection views, node id -> public key) for the selector."""
+    def views(self, model_id: str | None = None) -> tuple[int, list[NodeView], dict[str, bytes], dict]:
+        """(version, selection views, node id -> public key, node id -> attestation) for the selector."""
         recs = [r for r in self.nodes.values() if model_id is None or r.model_id == model_id]
-        return self.version, [r.view() for r in recs], {r.node_id: r.pubkey for r in recs}
+        att = {r.node_id: {"digest": r.attestation["digest"], "simulated": r.attestation["simulated"],
+                           "evidence": r.attestation["evidence"]} for r in recs if r.attested}
+        return self.version, [r.view() for r in recs], {r.node_id: r.pubkey for r in recs}, att
 
     def set_stakes(self, stakes: dict[str, int]) -> None:
         for nid, stake in stakes.items():

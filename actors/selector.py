@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncio
 import os
+import time
 
 from protocols import crossval, obfuscation, selection
 from protocols.canonical import pack
@@ -28,6 +29,7 @@ class QuorumSelector:
         self.records: dict[str, list[dict]] = {}
         self.coins: dict[str, bytes] = {}  # request id -> secret coin seed (cross-validation)
         self._version, self._all_views, self._all_keys = -1, None, {}
+        self._attestations: dict = {}
 
     async def _views(self, model_id: str):
         if self._all_views is None:  # no push yet: ask once
@@ -43,9 +45,10 @@ class QuorumSelector:
         and returns only its commitment; `reveal_coin` opens it later."""
         views, keys = await self._views(model_id)
         seed = selection.draw_seed(self.beacon, request_id, label)
+        now = time.time()
         if det_class is None:
-            det_class = selection.choose_class(views, model_id, n, self.min_stake, seed, require_attested)
-        pool = selection.eligible(views, model_id, self.min_stake, det_class, exclude, require_attested)
+            det_class = selection.choose_class(views, model_id, n, self.min_stake, seed, require_attested, now)
+        pool = selection.eligible(views, model_id, self.min_stake, det_class, exclude, require_attested, now)
         if allow_fewer:
             n = min(n, len(pool))
         if n == 0:
@@ -55,7 +58,9 @@ class QuorumSelector:
         else:
             chosen = selection.draw(pool, n, seed)
         record = {"label": label, "det_class": det_class, "seed": seed, "eligible": pool,
-                  "exclude": sorted(exclude), "selected": chosen, "keys": [keys[c] for c in chosen]}
+                  "exclude": sorted(exclude), "selected": chosen, "keys": [keys[c] for c in chosen],
+                  "require_attested": require_attested,
+                  "attestations": {c: self._attestations[c] for c in chosen if c in self._attestations}}
         self.records.setdefault(request_id, []).append(record)
         if coin and request_id not in self.coins:
             self.coins[request_id] = os.urandom(32)
@@ -72,10 +77,11 @@ class QuorumSelector:
     def beacon_value(self) -> bytes:
         return self.beacon
 
-    def on_registry(self, version: int, views: list, keys: dict) -> None:
+    def on_registry(self, version: int, views: list, keys: dict, attestations: dict | None = None) -> None:
         """The registry pushes every change, so a draw never waits on it."""
         if version > self._version:
             self._version, self._all_views, self._all_keys = version, views, keys
+            self._attestations = attestations or {}
 
     def record(self, request_id: str) -> dict:
         rec = {"beacon": self.beacon, "draws": list(self.records.get(request_id, []))}

@@ -136,7 +136,7 @@ def cmd_submit(args) -> int:
     _init_ray(args.address, cfg.network.namespace)
     client = Client.connect(cfg)
     h = client.generate(args.prompt, model=args.model, mode=args.mode, n=args.n, max_tokens=args.max_tokens,
-                        temperature=args.temperature, p=args.p)
+                        temperature=args.temperature, p=args.p, require_tee=args.require_tee)
     if not args.json:
         first = h.first_output()
         if first is not None:
@@ -163,19 +163,49 @@ def cmd_verify(args) -> int:
         return _err(f"cannot read {args.file}: {exc.strerror}", EXIT_USAGE)
     try:
         keys = [bytes.fromhex(k) for k in args.aggregator_key] if args.aggregator_key else None
+        roots = [bytes.fromhex(k) for k in args.trust_root] if args.trust_root else None
     except ValueError:
-        return _err("--aggregator-key must be hex", EXIT_USAGE)
+        return _err("--aggregator-key and --trust-root must be hex", EXIT_USAGE)
     from protocols.errors import ReceiptInvalid
 
     try:
-        s = verify_receipt(raw, keys)
+        s = verify_receipt(raw, keys, trusted_roots=roots)
     except ReceiptInvalid as exc:
         print(f"INVALID: {exc}")
         return EXIT_CHECK
     print(f"VALID: request {s.request_id} {s.status}; {len(s.members)} member(s), paid {list(s.paid)}, "
           f"slashed {[list(x) for x in s.slashed]}; signed by aggregator {s.aggregator.hex()[:16]}…"
-          + ("" if keys else " (key not pinned: pass --aggregator-key to trust only a known aggregator)"))
+          + ("" if keys else " (key not pinned: pass --aggregator-key to trust only a known aggregator)")
+          + (f"; attested members: {s.attested}" if s.attested else ""))
     return EXIT_OK
+
+
+def cmd_attest(args) -> int:
+    """Challenge a node now: fresh nonce, its evidence, the registry's verdict."""
+    from . import config as cfgmod
+    from .network import attest_all, connect
+
+    cfg = cfgmod.load(args.config)
+    _init_ray(args.address, cfg.network.namespace)
+    import ray
+
+    net = connect(cfg)
+    if args.node not in net.executors:
+        return _err(f"UnknownNode: no node {args.node!r} in network {cfg.network.name!r}", EXIT_USAGE)
+    if not cfg.attestation.enabled:
+        return _err("this network's config has no [attestation] provider", EXIT_USAGE)
+    res = attest_all(net.registry, net.executors, [args.node])[0]
+    node = ray.get(net.registry.describe.remote(args.node))
+    out = {"node_id": args.node, "attested": node["attested"], "attested_until": node["attested_until"],
+           **{k: (v.hex() if isinstance(v, bytes) else v) for k, v in res.items()}}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        label = "SIMULATED " if res["simulated"] else ""
+        print(f"{args.node}: {label}attestation {'VALID' if res['ok'] else 'INVALID'} ({res['reason']}): "
+              f"{res['detail']}")
+        print(f"  evidence digest {res['digest']}  tcb {res['tcb_version']}  device {res['device_id']}")
+    return EXIT_OK if res["ok"] else EXIT_CHECK
 
 
 def cmd_ledger(args) -> int:
@@ -220,9 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     net_args(s)
     s.add_argument("--prompt", required=True)
     s.add_argument("--model", default=None)
-    s.add_argument("--mode", default=None, choices=["sampling", "cross-validation", "obfuscated"],
+    s.add_argument("--mode", default=None, choices=["sampling", "cross-validation", "obfuscated", "tee"],
                    help="sampling: N nodes agree; cross-validation: 1 node, re-checked by N with prob. p; "
-                        "obfuscated: N+1 nodes with blinded identities")
+                        "obfuscated: N+1 nodes with blinded identities; tee: one attested node")
+    s.add_argument("--require-tee", action="store_true", help="serve only on nodes with valid attestation")
     s.add_argument("--p", type=float, default=None, help="cross-validation: probability of a re-check")
     s.add_argument("--n", type=int, default=None, help="quorum size (security level)")
     s.add_argument("--max-tokens", type=int, default=32)
@@ -234,7 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check a receipt file offline (exit 0 valid, 1 invalid)")
     v.add_argument("file")
     v.add_argument("--aggregator-key", action="append", help="hex public key to trust (repeatable)")
+    v.add_argument("--trust-root", action="append", help="hex attestation root key to require (repeatable)")
     v.set_defaults(fn=cmd_verify)
+
+    at = sub.add_parser("attest", help="challenge a node now and show its evidence's verification")
+    net_args(at)
+    at.add_argument("node")
+    at.add_argument("--json", action="store_true")
+    at.set_defaults(fn=cmd_attest)
 
     lg = sub.add_parser("ledger", help="balances and recent slashes")
     net_args(lg)

@@ -134,7 +134,7 @@ class Client:
     def build_request(self, prompt: str, model: str | None = None, mode: str | None = None, n: int | None = None,
                       max_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
                       timeout_s: float | None = None, request_id: str | None = None,
-                      p: float | None = None) -> tuple[bytes, str]:
+                      p: float | None = None, require_tee: bool = False) -> tuple[bytes, str]:
         """Sign a request. mode: "sampling" (N nodes agree) or "cross-validation"
         (one node runs; with probability p, N verifiers re-check it)."""
         model = model or self.config.default_model
@@ -149,7 +149,7 @@ class Client:
             "prompt_hash": commitments.prompt_hash(prompt), "prompt_len": len(prompt), "params": params.to_wire(),
             "mode": mode or self.config.network.default_mode, "n": int(n or self.config.network.default_n),
             "timeout_s": float(timeout_s or self.config.limits.timeout_s), "nonce": os.urandom(16),
-            "created_at": time.time(), "p": None if p is None else float(p),
+            "created_at": time.time(), "p": None if p is None else float(p), "require_tee": bool(require_tee),
         }
         return messages.seal("request", body, self.key).raw, rid
 

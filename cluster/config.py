@@ -7,6 +7,7 @@
     [[models]]   id, engine ("tiny" | "smollm2" | "vllm"), options = { engine kwargs }
     [[nodes]]    model, count, prefix, threads, gpus (0 = CPU executors), cpus (0 = fair share)
     [malicious]  "<node id>" = "<behaviour>"   (experiments only)
+    [attestation] provider, allow_simulated, root_seed, tcb_version, min_tcb_version, max_age_s, epoch_s
 
 Every field is validated in __post_init__; a bad file raises ConfigError naming
 the field, before anything is deployed.
@@ -92,6 +93,40 @@ class NodeGroup:
 
 
 @dataclass
+class AttestationSection:
+    provider: str = "none"  # "none" | "simulated" (test root of trust) | "nvidia" (GPU confidential computing)
+    allow_simulated: bool = False  # verifier accepts simulated evidence (never in production)
+    root_seed: str = ""  # hex seed of the simulated root of trust; empty = fresh per deployment
+    tcb_version: int = 3  # TCB/firmware version simulated nodes report
+    min_tcb_version: int = 1  # policy: oldest acceptable TCB
+    max_age_s: float = 300.0  # policy: evidence older than this is stale
+    epoch_s: float = 3600.0  # attestation (and node keys) must be renewed every epoch
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("none", "simulated", "nvidia"):
+            raise ConfigError("attestation.provider must be none, simulated or nvidia")
+        if self.provider == "simulated" and not self.allow_simulated:
+            raise ConfigError("attestation.provider = simulated needs attestation.allow_simulated = true "
+                              "(a production config uses a real provider and keeps it false)")
+        if self.root_seed:
+            try:
+                if len(bytes.fromhex(self.root_seed)) != 32:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError("attestation.root_seed must be 32 bytes of hex") from None
+        for f in ("tcb_version", "min_tcb_version"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
+                raise ConfigError(f"attestation.{f} must be a non-negative integer")
+        for f in ("max_age_s", "epoch_s"):
+            if not isinstance(getattr(self, f), (int, float)) or getattr(self, f) <= 0:
+                raise ConfigError(f"attestation.{f} must be a positive number")
+
+    @property
+    def enabled(self) -> bool:
+        return self.provider != "none"
+
+
+@dataclass
 class NetworkConfig:
     network: NetworkSection
     economics: Economics
@@ -99,6 +134,7 @@ class NetworkConfig:
     models: list[ModelSection]
     nodes: list[NodeGroup]
     malicious: dict[str, str] = field(default_factory=dict)
+    attestation: AttestationSection = field(default_factory=AttestationSection)
     source: str = "<dict>"
 
     def __post_init__(self) -> None:
@@ -156,7 +192,7 @@ def _section(cls, data: Any, where: str):
 
 
 def from_dict(data: dict[str, Any], source: str = "<dict>") -> NetworkConfig:
-    unknown = set(data) - {"network", "economics", "limits", "models", "nodes", "malicious"}
+    unknown = set(data) - {"network", "economics", "limits", "models", "nodes", "malicious", "attestation"}
     if unknown:
         raise ConfigError(f"unknown top-level sections: {', '.join(sorted(unknown))}")
     limits = _section(Limits, data.get("limits"), "limits")
@@ -168,7 +204,9 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> NetworkConfig:
     if not isinstance(limits.referee_extra, int) or isinstance(limits.referee_extra, bool) \
             or limits.referee_extra < 1:
         raise ConfigError("limits.referee_extra must be an integer >= 1 (referees outnumber the quorum)")
-    for f in ("max_prompt_chars", "max_n", "max_tokens", "client_credit"):
+    if not isinstance(limits.client_credit, int) or limits.client_credit < 0:
+        raise ConfigError("limits.client_credit must be a non-negative integer (0 = no faucet)")
+    for f in ("max_prompt_chars", "max_n", "max_tokens"):
         if not isinstance(getattr(limits, f), int) or getattr(limits, f) < 1:
             raise ConfigError(f"limits.{f} must be a positive integer")
     if not isinstance(data.get("models", []), list) or not isinstance(data.get("nodes", []), list):
@@ -183,6 +221,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> NetworkConfig:
         models=[_section(ModelSection, m, "models") for m in data.get("models", [])],
         nodes=[_section(NodeGroup, g, "nodes") for g in data.get("nodes", [])],
         malicious=dict(malicious),
+        attestation=_section(AttestationSection, data.get("attestation"), "attestation"),
         source=source,
     )
 

@@ -93,8 +93,25 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     beacon = bytes.fromhex(cfg.network.beacon) if cfg.network.beacon else os.urandom(32)
 
+    att = cfg.attestation
+    policy, anchors, att_spec = None, (), {}
+    if att.enabled:
+        from actors.attestation import code_hash
+        from protocols.attestation import Policy, SimulatedRoot
+
+        policy = Policy(allowed_code_hashes=(code_hash(),), min_tcb_version=att.min_tcb_version,
+                        max_age_s=att.max_age_s, allow_simulated=att.allow_simulated)
+        if att.provider == "simulated":
+            seed = bytes.fromhex(att.root_seed) if att.root_seed else os.urandom(32)
+            anchors = (SimulatedRoot(seed).trust_anchor,)
+            att_spec = {"provider": "simulated", "root_seed": seed, "tcb_version": att.tcb_version}
+        else:
+            from actors.attestation import fetch_nras_anchors
+
+            anchors = tuple(fetch_nras_anchors())
+            att_spec = {"provider": "nvidia"}
     ledger = ray.remote(SlashingLedger).options(**opts("ledger", max_restarts=-1, max_task_retries=-1)).remote(path, cfg.economics)
-    registry = ray.remote(ModelRegistry).options(**opts("registry")).remote()
+    registry = ray.remote(ModelRegistry).options(**opts("registry")).remote(policy, anchors, att.epoch_s)
     selector = ray.remote(ObfuscatingSelector).options(**opts("selector")).remote(registry, beacon, cfg.economics.min_stake)
     aggregator = ray.remote(Aggregator).options(**opts("aggregator", max_concurrency=10000)).remote(
         registry, selector, ledger, cfg.economics, cfg.limits)
@@ -115,7 +132,8 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
         executors[p.node_id] = ray.remote(NodeExecutor).options(
             name=actor_name(cfg, f"node/{p.node_id}"), max_concurrency=64, **ns, **life, **p.options,
         ).remote(p.node_id, engine_spec(cfg.model(g.model), g.threads), cfg.malicious.get(p.node_id, "honest"),
-                 actor_name(cfg, "aggregator"), cfg.network.namespace if detached else None)
+                 actor_name(cfg, "aggregator"), cfg.network.namespace if detached else None,
+                 attestation=att_spec)
     log(f"starting {len(executors)} node executor(s)…")
     refs = {e.ready.remote(): nid for nid, e in executors.items()}
     done, pending = ray.wait(list(refs), num_returns=len(refs), timeout=ready_timeout_s)
@@ -134,9 +152,24 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
                                    stakes.get(f"collateral/{i['node_id']}", 0), executors[i["node_id"]],
                                    kem_pub=i["kem_pub"])
              for i in infos])
+    if att.enabled:
+        attest_all(registry, executors, [i["node_id"] for i in infos])
+        n_ok = sum(1 for n in ray.get(registry.list_nodes.remote()) if n["attested"])
+        log(f"attested {n_ok}/{len(infos)} node(s) ({att.provider}"
+            + (", SIMULATED root of trust: not a real TEE)" if att.provider == "simulated" else ")"))
     classes = sorted({i["det_class"] for i in infos})
     log(f"admitted {len(infos)} node(s) in {len(classes)} determinism class(es): {', '.join(classes)}")
     return Network(cfg, registry, selector, ledger, aggregator, executors, pgs, hashes)
+
+
+def attest_all(registry, executors: dict, node_ids: list[str], rotate: bool = False) -> list[dict]:
+    """One attestation epoch: (optionally rotate keys,) challenge, evidence, verify."""
+    if rotate:
+        keys = ray.get([executors[n].rotate_keys.remote() for n in node_ids])
+        ray.get([registry.rotate_keys.remote(n, k["pubkey"], k["kem_pub"]) for n, k in zip(node_ids, keys)])
+    nonces = ray.get([registry.challenge.remote(n) for n in node_ids])
+    evidence = ray.get([executors[n].attest.remote(nonce) for n, nonce in zip(node_ids, nonces)])
+    return ray.get([registry.attest.remote(n, e) for n, e in zip(node_ids, evidence)])
 
 
 def connect(cfg: NetworkConfig) -> Network:

@@ -374,6 +374,17 @@ def _parse_report(env: dict) -> None:
     env["_recomputed_report_data"] = expect["report_data"]
 
 
+def evidence_report(evidence: bytes) -> dict:
+    """The (unverified) report inside evidence: signing_pub, kem_pub, nonce, measurements, ...
+    Raises MalformedEvidence. Use `verify` before trusting any of it."""
+    try:
+        env = _parse_envelope(evidence)
+        _parse_report(env)
+    except _Reject as rej:
+        raise MalformedEvidence(f"{rej.reason}: {rej.detail}") from None
+    return dict(env["report"])
+
+
 # --- the verifier ---------------------------------------------------------------------
 def verify(evidence: bytes, expected_report_data: "bytes | ExpectedBinding", policy: Policy,
            trust_anchors: Sequence[bytes], now: float,

@@ -46,6 +46,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
         "nonce": (bytes,),
         "created_at": (float, int),
         "p": (float, int, type(None)),  # cross-validation check probability; None = network default
+        "require_tee": (bool,),  # serve only on nodes with valid attestation (TEE security level)
     },
     # node -> aggregator, phase 1: a sealed commitment plus a digest of the
     # output it handed the client.
@@ -80,7 +81,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     },
 }
 OPTIONAL: dict[str, dict[str, Any]] = {t: {} for t in SCHEMAS}
-OPTIONAL["request"] = {"p": None}
+OPTIONAL["request"] = {"p": None, "require_tee": False}
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def _check_body(type_: str, body: Any) -> dict[str, Any]:
                 continue
             raise MalformedMessage(f"{type_}: missing field {field!r}")
         value = body[field]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise MalformedMessage(
                 f"{type_}: field {field!r} must be {'/'.join(t.__name__ for t in types)}"
             )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from . import commitments, crossval, messages, obfuscation, selection
-from .canonical import pack
+from .canonical import pack, sha256
 from .crypto import verify as verify_sig
 from .errors import BadSignature
 from .crypto import SigningKey
@@ -37,7 +37,8 @@ def build(request_id: str, request_raw: bytes, selection_record: dict, results: 
             "obfuscated": selection_record.get("obfuscated"),
             "coin_commit": selection_record.get("coin_commit"),
             "beacon": selection_record["beacon"],
-            "draws": [{k: d[k] for k in ("label", "det_class", "seed", "eligible", "exclude", "selected", "keys")}
+            "draws": [{k: d.get(k) for k in ("label", "det_class", "seed", "eligible", "exclude", "selected", "keys",
+                                             "require_attested", "attestations")}
                       for d in selection_record["draws"]],
         },
         "results": list(results),
@@ -63,6 +64,7 @@ class ReceiptSummary:
     output_checked: bool
     mode: str = "sampling"
     branch: str = ""  # cross-validation: checked | unchecked
+    attested: dict | None = None  # node id -> "simulated" | "hardware" for attested members
 
 
 def _fail(msg: str) -> None:
@@ -70,8 +72,12 @@ def _fail(msg: str) -> None:
 
 
 def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = None,
-                   output_token_ids: Sequence[int] | None = None) -> ReceiptSummary:
-    """Check a receipt offline; raise ReceiptInvalid with the reason, else summarize."""
+                   output_token_ids: Sequence[int] | None = None,
+                   trusted_roots: Sequence[bytes] | None = None) -> ReceiptSummary:
+    """Check a receipt offline; raise ReceiptInvalid with the reason, else summarize.
+
+    trusted_roots: attestation root keys; when given, every attested member's
+    evidence must chain to one of them (else only its binding and digest are checked)."""
     try:
         env = messages.open_envelope(raw, "receipt")
     except MessageError as exc:
@@ -92,6 +98,8 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
 
     # --- draws (or, obfuscated, the selector's signed pseudonym set)
     sel = body["selection"]
+    require_tee = rb["mode"] == "tee" or bool(rb.get("require_tee"))
+    attested: dict[str, str] = {}  # node id -> "simulated" | "hardware"
     keys: dict[str, bytes] = {}
     roles: dict[str, str] = {}
     beacon = sel.get("beacon")
@@ -108,6 +116,11 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
         if d["selected"] and not selection.verify_draw(d["eligible"], len(d["selected"]), d["seed"], d["selected"]):
             _fail(f"draw {d['label']!r}: selection does not follow from the beacon")
         role = REFEREE if d["label"].startswith("referee") else QUORUM  # "quorum" and "verify" draws
+        tee_draw = bool(d.get("require_attested")) or (require_tee and role == QUORUM)
+        for nid, key in zip(d["selected"], d["keys"]):
+            if tee_draw:
+                attested[nid] = _check_attestation((d.get("attestations") or {}).get(nid), key, nid,
+                                                   trusted_roots)
         if d["label"].startswith("replace"):
             role = d["label"].split(":")[1]
         for nid, key in zip(d["selected"], d["keys"], strict=True):
@@ -196,7 +209,32 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
             _fail("output tokens do not match the accepted commitment")
         checked = True
     return ReceiptSummary(rid, status, truth, rb["n"], roles, paid, slashed, env.sender,
-                          tuple(body["ledger"].get("entries", ())), checked, rb["mode"], dec.get("branch", ""))
+                          tuple(body["ledger"].get("entries", ())), checked, rb["mode"], dec.get("branch", ""),
+                          attested)
+
+
+def _check_attestation(entry: Any, key: bytes, nid: str, trusted_roots: Sequence[bytes] | None) -> str:
+    """An attested member: its evidence hashes to the digest and binds its signing key."""
+    from . import attestation
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("evidence"), bytes):
+        _fail(f"{nid} was drawn for a TEE request without attestation evidence")
+    ev = entry["evidence"]
+    if sha256(ev).hex() != entry.get("digest"):
+        _fail(f"{nid}: attestation digest does not match its evidence")
+    try:
+        report = attestation.evidence_report(ev)
+    except Exception:
+        _fail(f"{nid}: attestation evidence is malformed")
+    if report["signing_pub"] != key:
+        _fail(f"{nid}: attestation evidence does not bind the member's key")
+    if trusted_roots is not None:
+        binding = attestation.ExpectedBinding(report["signing_pub"], report["kem_pub"], report["nonce"])
+        policy = attestation.Policy(allow_simulated=True, max_age_s=1e12, max_clock_skew_s=1e12)
+        res = attestation.verify(ev, binding, policy, list(trusted_roots), float(report["issued_at"]))
+        if not res.ok:
+            _fail(f"{nid}: attestation does not verify: {res.reason}")
+    return "simulated" if entry.get("simulated") else "hardware"
 
 
 def _pseudonyms(obf: dict, rid: str) -> tuple[dict[str, bytes], dict[str, str]]:

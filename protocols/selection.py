@@ -35,6 +35,10 @@ class NodeView:
     stake: int
     live: bool = True
     attested: bool = False
+    attested_until: float = 0.0  # attestation is valid for selection until this time (epoch end)
+
+    def attested_at(self, now: float | None) -> bool:
+        return self.attested and (now is None or now <= self.attested_until)
 
 
 class RandomStream:
@@ -74,8 +78,11 @@ def eligible(
     det_class: str | None = None,
     exclude: Iterable[str] = (),
     require_attested: bool = False,
+    now: float | None = None,
 ) -> list[str]:
-    """Sorted ids of nodes that may serve `model_id` (in `det_class` if given)."""
+    """Sorted ids of nodes that may serve `model_id` (in `det_class` if given).
+
+    With require_attested, only nodes whose attestation is valid at `now`."""
     ex = set(exclude)
     return sorted(
         n.node_id
@@ -85,7 +92,7 @@ def eligible(
         and n.live
         and n.stake >= min_stake
         and n.node_id not in ex
-        and (n.attested or not require_attested)
+        and (not require_attested or n.attested_at(now))
     )
 
 
@@ -110,12 +117,13 @@ def choose_class(
     min_stake: int,
     seed: bytes,
     require_attested: bool = False,
+    now: float | None = None,
 ) -> str:
     """Pick the determinism class for a request, weighted by eligible node count."""
     counts: dict[str, int] = {}
     for node in nodes:
         if node.model_id == model_id and node.live and node.stake >= min_stake and (
-            node.attested or not require_attested
+            not require_attested or node.attested_at(now)
         ):
             counts[node.det_class] = counts.get(node.det_class, 0) + 1
     fit = sorted((c, k) for c, k in ((c, k) for c, k in counts.items()) if k >= n)

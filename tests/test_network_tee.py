@@ -1,0 +1,114 @@
+"""TEE security levels with (simulated) attestation: admission, selection, revocation, receipts."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import ray
+
+from cluster import config as cfgmod
+from cluster.network import attest_all, deploy, teardown
+from protocols import messages, receipts
+from protocols.errors import NotEnoughNodes
+from tests.conftest import request_id_drawing
+
+
+@pytest.fixture(autouse=True)
+def _conserved(conserved):
+    yield
+
+
+def anchors(net) -> list[bytes]:
+    return list(ray.get(net.registry.__ray_call__.remote(lambda self: self.trust_anchors)))
+
+
+def test_every_node_is_admitted_with_simulated_attestation(tiny_net):
+    nodes = ray.get(tiny_net.registry.list_nodes.remote())
+    assert all(n["attested"] for n in nodes)
+    assert all(n["attestation"]["simulated"] and n["attestation"]["reason"] == "ok" for n in nodes)
+
+
+def test_tee_mode_runs_on_one_attested_node_and_the_receipt_carries_its_evidence(tiny_net, tiny_client):
+    res = tiny_client.generate("confidential", mode="tee", n=1, max_tokens=8).result()
+    assert res.status == "final" and len(res.summary.paid) == 1
+    s = receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], res.token_ids,
+                                trusted_roots=anchors(tiny_net))
+    assert s.attested == {res.summary.paid[0]: "simulated"}
+    with pytest.raises(receipts.ReceiptInvalid):  # a foreign root does not vouch for it
+        receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], trusted_roots=[b"\x01" * 32])
+
+
+def test_require_tee_quorum_has_only_attested_members(tiny_net, tiny_client):
+    res = tiny_client.generate("quorum of enclaves", n=3, max_tokens=6, require_tee=True).result()
+    s = receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], res.token_ids,
+                                trusted_roots=anchors(tiny_net))
+    assert res.status == "final" and set(s.attested) == set(res.summary.paid)
+
+
+def test_disputes_are_settled_by_attested_referees(tiny_net, tiny_client, behave):
+    behave("tiny-06", "random")
+    rid = request_id_drawing(tiny_net, {"tiny-06"}, 3)
+    res = tiny_client.generate("referee in an enclave", n=3, max_tokens=6, request_id=rid).result()
+    assert res.status == "resolved" and [s[0] for s in res.summary.slashed] == ["tiny-06"]
+    draws = messages.open_envelope(res.receipt, "receipt").body["selection"]["draws"]
+    ref = [d for d in draws if d["label"] == "referee"][0]
+    assert ref["require_attested"] and set(ref["attestations"]) == set(ref["selected"])
+    s = receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], res.token_ids,
+                                trusted_roots=anchors(tiny_net))
+    assert set(ref["selected"]) <= set(s.attested)
+
+
+def test_key_rotation_each_epoch_keeps_the_node_attested(tiny_net, tiny_client):
+    node = "tiny-01"
+    before = ray.get(tiny_net.registry.describe.remote(node))
+    [res] = attest_all(tiny_net.registry, tiny_net.executors, [node], rotate=True)
+    after = ray.get(tiny_net.registry.describe.remote(node))
+    assert res["ok"] and after["attested"] and after["pubkey"] != before["pubkey"]
+    assert after["kem_pub"] != before["kem_pub"]
+    rid = request_id_drawing(tiny_net, {node}, 3)
+    out = tiny_client.generate("new keys", n=3, max_tokens=4, require_tee=True, request_id=rid).result()
+    assert out.status == "final" and node in out.summary.paid
+
+
+# --- a small network of its own: revocations are permanent --------------------------------
+@pytest.fixture(scope="module")
+def small(ray_cluster, tmp_path_factory):
+    cfg = cfgmod.load("tiny.toml")
+    cfg.network.name = f"t-tee-{uuid.uuid4().hex[:6]}"
+    cfg.malicious = {}
+    cfg.nodes[0].count = 3
+    cfg.nodes[0].cpus = 0.05
+    net = deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("tee") / "ledger.db"))
+    yield net
+    teardown(net)
+
+
+def test_node_with_invalid_evidence_is_never_selected_for_tee(small):
+    client = small.client()
+    nonce = ray.get(small.registry.challenge.remote("tiny-02"))
+    evidence = bytearray(ray.get(small.executors["tiny-02"].attest.remote(nonce)))
+    evidence[-5] ^= 0xFF  # tampered evidence
+    res = ray.get(small.registry.attest.remote("tiny-02", bytes(evidence)))
+    assert not res["ok"]
+    members = set()
+    for _ in range(12):
+        members |= set(client.generate("x", mode="tee", n=1, max_tokens=2).result().summary.paid)
+    assert "tiny-02" not in members and members
+    with pytest.raises(NotEnoughNodes):
+        client.generate("x", n=3, max_tokens=2, require_tee=True)
+    assert attest_all(small.registry, small.executors, ["tiny-02"])[0]["ok"]  # fresh evidence restores it
+
+
+def test_revocation_removes_nodes_from_selection_at_once(small):
+    client = small.client()
+    hit = ray.get(small.registry.revoke.remote((), ("tiny-00",)))
+    assert hit == ["tiny-00"]
+    for _ in range(8):
+        assert "tiny-00" not in client.generate("y", mode="tee", n=1, max_tokens=2).result().summary.paid
+    assert attest_all(small.registry, small.executors, ["tiny-00"])[0]["reason"] == "revoked-device"
+    hit = ray.get(small.registry.revoke.remote((3,), ()))  # every node reports TCB 3
+    assert sorted(hit) == ["tiny-01", "tiny-02"]
+    with pytest.raises(NotEnoughNodes):
+        client.generate("z", mode="tee", n=1, max_tokens=2)
+    assert client.generate("z", n=1, max_tokens=2).result().status == "final"  # non-TEE service goes on
