@@ -119,12 +119,20 @@ class Aggregator:
             raise UnknownSender("request is not signed by the client it names")
         if b["request_id"] in self.rounds or self.guard.seen_request(b["request_id"]):
             raise messages.ReplayedMessage(f"request {b['request_id']} was already submitted")
-        if not isinstance(prompt, str):
-            raise InvalidParams("prompt must be a string")
-        if len(prompt) > self.limits.max_prompt_chars:
-            raise PromptTooLarge(f"prompt has {len(prompt)} characters, limit {self.limits.max_prompt_chars}")
-        if commitments.prompt_hash(prompt) != b["prompt_hash"] or b["prompt_len"] != len(prompt):
-            raise MessageError("prompt does not match the signed prompt hash")
+        if b["prompt_len"] > self.limits.max_prompt_chars:
+            raise PromptTooLarge(f"prompt has {b['prompt_len']} characters, limit {self.limits.max_prompt_chars}")
+        if b["sealed"]:  # we only ever hold the ciphertext; executors check the hash after opening it
+            if not isinstance(prompt, bytes) or len(prompt) > 8 * self.limits.max_prompt_chars + 64 * 1024:
+                raise PromptTooLarge("sealed prompt is not bytes or is too large")
+            if not (b["require_tee"] or b["mode"] == TEE):
+                raise InvalidParams("sealed prompts go only to attested nodes: set require_tee")
+        else:
+            if not isinstance(prompt, str):
+                raise InvalidParams("prompt must be a string")
+            if len(prompt) > self.limits.max_prompt_chars:
+                raise PromptTooLarge(f"prompt has {len(prompt)} characters, limit {self.limits.max_prompt_chars}")
+            if commitments.prompt_hash(prompt, b["nonce"]) != b["prompt_hash"] or b["prompt_len"] != len(prompt):
+                raise MessageError("prompt does not match the signed prompt hash")
         if b["mode"] not in MODES:
             raise InvalidParams(f"mode {b['mode']!r} is not served; choose from {MODES}")
         if not 1 <= b["n"] <= self.limits.max_n:
@@ -290,7 +298,8 @@ class Aggregator:
             async with self._joined:
                 self._joined.notify_all()
             return
-        claimed = live.outputs[act.verify_of]["token_ids"] if act.verify_of else None
+        # verifiers check the claim by prefill, unless it is sealed to the client: then they regenerate
+        claimed = live.outputs[act.verify_of].get("token_ids") if act.verify_of else None
         live.msgs["dispatch"] += len(act.node_ids)
         for nid in act.node_ids:
             ref = (await self._handle(nid)).execute.remote(live.request.raw, live.prompt, act.role, claimed)
@@ -319,7 +328,8 @@ class Aggregator:
             env = messages.open_envelope(res["envelope"], "result")
             self._check_member_msg(live, env, nid)
             out = res["output"]
-            if commitments.output_digest(out["token_ids"], out["text"]) != env.body["output_digest"]:
+            if "sealed" not in out and \
+                    commitments.output_digest(out["token_ids"], out["text"]) != env.body["output_digest"]:
                 raise MessageError("output does not match the signed digest")
             self.guard.check_and_record(env)
         except Exception:  # a forged or malformed answer counts as no answer

@@ -18,7 +18,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from protocols import commitments, messages, obfuscation
+from protocols import commitments, messages, obfuscation, sealing
+from protocols.canonical import pack
 from protocols.crypto import SigningKey
 from protocols.sealing import KemKey
 from protocols.determinism import class_id
@@ -109,18 +110,21 @@ class NodeExecutor:
         return {"node_id": self.node_id, "executed": self._executed, "behaviour": self.behaviour}
 
     # --- protocol
-    def _check_request(self, request_raw: bytes, prompt: str) -> messages.Envelope:
+    def _check_request(self, request_raw: bytes, prompt) -> tuple[messages.Envelope, str]:
+        """Verify the request; open a sealed prompt. Returns (request, plaintext prompt)."""
         req = messages.open_envelope(request_raw, "request")
         body = req.body
         if messages.client_id_of(req.sender) != body["client_id"]:
             raise MessageError("request not signed by the client it names")
-        if commitments.prompt_hash(prompt) != body["prompt_hash"]:
+        if body["sealed"]:
+            prompt = sealing.open_prompt(prompt, body["request_id"], self.node_id, self.kem)
+        if not isinstance(prompt, str) or commitments.prompt_hash(prompt, body["nonce"]) != body["prompt_hash"]:
             raise MessageError("prompt does not match the signed prompt hash")
         if self.behaviour in ("honest", "substitute", "requantize") and body["model_hash"] != self.engine.model_hash():
             raise ModelHashMismatch("request names a model hash this node does not serve")
         self._seen.check_and_record(req)
-        self._inbox.append((body["request_id"], request_raw, prompt))
-        return req
+        self._inbox.append((body["request_id"], request_raw, "<sealed>" if body["sealed"] else prompt))
+        return req, prompt
 
     async def _run(self, body: dict, prompt: str, claimed: list[int] | None):
         """Produce (token ids, text, method, seconds) as this node's behaviour dictates."""
@@ -167,17 +171,19 @@ class NodeExecutor:
             "output_digest": commitments.output_digest(token_ids, text),
             "engine_seconds": float(seconds), "nonce": os.urandom(16),
         }, signer)
-        return {"envelope": env.raw, "output": {"token_ids": token_ids, "text": text}, "method": method,
-                "engine_seconds": seconds}
+        output = {"token_ids": token_ids, "text": text}
+        if body["client_kem"]:  # only the client can read it; everyone else sees the signed digest
+            output = {"sealed": sealing.seal(body["client_kem"], pack(output), sealing.output_info(rid, member_id))}
+        return {"envelope": env.raw, "output": output, "method": method, "engine_seconds": seconds}
 
     async def execute(self, request_raw: bytes, prompt: str, role: str, claimed: list[int] | None = None) -> dict:
         """Run (or, given `claimed` tokens of another node, verify) one request.
 
         Verification tries one prefill pass; if the claim is rejected or a near-tie
         makes prefill unsure, the node regenerates and commits to its own output."""
-        body = self._check_request(request_raw, prompt).body
-        out = await self._run(body, prompt, claimed)
-        return await self._commit(body, self.node_id, role, self.key, *out)
+        req, prompt = self._check_request(request_raw, prompt)
+        out = await self._run(req.body, prompt, claimed)
+        return await self._commit(req.body, self.node_id, role, self.key, *out)
 
     async def reveal(self, request_id: str, member_id: str | None = None) -> bytes:
         if self.behaviour == "silent":
@@ -201,7 +207,8 @@ class NodeExecutor:
         ticket's one-time key) to the aggregator. Nothing here names another member."""
         req = messages.open_envelope(request_raw, "request")
         ticket = obfuscation.open_ticket(sealed_ticket, req.request_id, self.kem, selector_public)
-        body = self._check_request(request_raw, prompt).body
+        req, prompt = self._check_request(request_raw, prompt)
+        body = req.body
         signer = ticket.key
         pid = obfuscation.pseudonym_id(signer.public)
         self._inbox.append((body["request_id"], sealed_ticket, ""))

@@ -198,6 +198,12 @@ class ModelRegistry:
         rec.attested, rec.attested_until = False, 0.0
         self._changed()
 
+    def attested_nodes(self, model_id: str) -> list[dict]:
+        """Nodes a client may seal a TEE prompt to: key, evidence (the client re-verifies it)."""
+        now = time.time()
+        return [{"node_id": r.node_id, "kem_pub": r.kem_pub, "evidence": r.attestation["evidence"]}
+                for r in self.nodes.values() if r.model_id == model_id and r.attested and r.attested_until >= now]
+
     def kem_keys(self, node_ids: list[str]) -> dict[str, bytes]:
         return {nid: self._node(nid).kem_pub for nid in node_ids}
 

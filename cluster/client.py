@@ -24,6 +24,8 @@ import ray
 
 from protocols import commitments, messages, receipts
 from protocols.crypto import SigningKey
+from protocols.canonical import unpack
+from protocols.sealing import KemKey, output_info
 from protocols.errors import MessageError, ReceiptInvalid, VerinferError
 from protocols.params import SamplingParams
 
@@ -84,12 +86,12 @@ class RequestHandle:
         """Accept an output only if its signed digest matches and the signer is a drawn member."""
         try:
             env = messages.open_envelope(got["envelope"], "result")
-            out = got["output"]
+            out = self.client.open_output(got["output"], self.request_id, env.body["node_id"])
             if commitments.output_digest(out["token_ids"], out["text"]) != env.body["output_digest"]:
                 return None
             if "pubkey" in got and got["pubkey"] != env.sender:
                 return None
-        except (MessageError, KeyError, TypeError):
+        except (MessageError, KeyError, TypeError, ValueError):
             return None
         return FirstOutput(out["text"], list(out["token_ids"]), env.body["node_id"], time.time() - self._t0)
 
@@ -101,6 +103,9 @@ class RequestHandle:
 
     def _complete(self, fin: dict) -> Result:
         out = fin["output"]
+        if out is not None and "sealed" in out:
+            body = messages.open_envelope(fin["receipt"], "receipt").body["decision"]
+            out = self.client.open_output(out, self.request_id, body["output_node"])
         summary = receipts.verify_receipt(fin["receipt"], [self.client.aggregator_key],
                                           out["token_ids"] if out is not None and fin["status"] in ("final", "resolved") else None)
         tm = fin["timings"]
@@ -120,6 +125,7 @@ class Client:
         self.config = network.config
         self.aggregator = network.aggregator
         self.key = SigningKey(key_seed or os.urandom(32))
+        self.kem = KemKey(os.urandom(32))  # outputs of TEE requests are sealed to this key
         self.client_id = messages.client_id_of(self.key.public)
         self.aggregator_key = ray.get(self.aggregator.pubkey.remote())
         ray.get(self.aggregator.register_client.remote(self.key.public))
@@ -144,18 +150,40 @@ class Client:
             raise UnknownModel(f"model {model!r} is not served by this network; have {sorted(self._hashes)}")
         rid = request_id or uuid.uuid4().hex
         params = SamplingParams(max_tokens, temperature, top_k).with_seed_for(rid)
+        nonce = os.urandom(16)
         body = {
             "request_id": rid, "client_id": self.client_id, "model_id": model, "model_hash": self._hashes[model],
-            "prompt_hash": commitments.prompt_hash(prompt), "prompt_len": len(prompt), "params": params.to_wire(),
+            "prompt_hash": commitments.prompt_hash(prompt, nonce), "prompt_len": len(prompt),
+            "params": params.to_wire(),
             "mode": mode or self.config.network.default_mode, "n": int(n or self.config.network.default_n),
-            "timeout_s": float(timeout_s or self.config.limits.timeout_s), "nonce": os.urandom(16),
+            "timeout_s": float(timeout_s or self.config.limits.timeout_s), "nonce": nonce,
             "created_at": time.time(), "p": None if p is None else float(p), "require_tee": bool(require_tee),
         }
+        if require_tee or mode == "tee":  # TEE levels are private too: prompt and output sealed
+            body.update(sealed=True, client_kem=self.kem.public)
         return messages.seal("request", body, self.key).raw, rid
+
+    def seal_for_attested(self, prompt: str, request_id: str, model: str) -> bytes:
+        """Seal the prompt to every node whose attestation we verified (any may be drawn)."""
+        from protocols import attestation, sealing
+
+        roots = ray.get(self.network.registry.__ray_call__.remote(lambda reg: reg.trust_anchors))
+        recipients = {}
+        for node in ray.get(self.network.registry.attested_nodes.remote(model)):
+            rep = attestation.evidence_report(node["evidence"])
+            binding = attestation.ExpectedBinding(rep["signing_pub"], rep["kem_pub"], rep["nonce"])
+            res = attestation.verify(node["evidence"], binding, attestation.Policy(
+                allow_simulated=True, max_age_s=1e12, max_clock_skew_s=1e12), roots, float(rep["issued_at"]))
+            if res.ok and rep["kem_pub"] == node["kem_pub"]:
+                recipients[node["node_id"]] = node["kem_pub"]
+        return sealing.seal_prompt(prompt, request_id, recipients, os.urandom(32), os.urandom(12))
 
     def submit_raw(self, request_raw: bytes, prompt: str) -> RequestHandle:
         t0 = time.time()
-        rid = messages.open_envelope(request_raw, "request").request_id
+        req = messages.open_envelope(request_raw, "request")
+        rid = req.request_id
+        if req.body["sealed"] and isinstance(prompt, str):
+            prompt = self.seal_for_attested(prompt, rid, req.body["model_id"])
         sub = ray.get(self.aggregator.submit.remote(request_raw, prompt))
         return RequestHandle(self, rid, sub, t0, "")
 
@@ -175,6 +203,13 @@ class Client:
         """Finality for many requests with one wait (receipts verified as in `result`)."""
         finals = ray.get([self.aggregator.final.remote(h.request_id) for h in handles], timeout=timeout)
         return [h._complete(fin) for h, fin in zip(handles, finals)]
+
+    def open_output(self, output: dict, request_id: str, member_id: str) -> dict:
+        """Plain outputs pass through; sealed ones open only with this client's key."""
+        if "sealed" not in output:
+            return output
+        opened = unpack(self.kem.open(output["sealed"], output_info(request_id, member_id)))
+        return {"token_ids": list(opened["token_ids"]), "text": opened["text"]}
 
     def ledger_balances(self, prefix: str = "") -> dict[str, int]:
         return ray.get(self.network.ledger.balances.remote(prefix))

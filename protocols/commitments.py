@@ -19,9 +19,12 @@ COMMITMENT_DOMAIN = "verinfer/output/v1"
 COMMIT_DOMAIN = b"verinfer/commit/v1|"
 
 
-def prompt_hash(prompt: str | bytes) -> bytes:
+def prompt_hash(prompt: str | bytes, salt: bytes = b"") -> bytes:
+    """H(domain || salt || prompt). Requests salt it with their nonce, so the hash
+    that selector, aggregator and receipts see cannot be matched against a
+    dictionary of likely prompts."""
     data = prompt.encode("utf-8") if isinstance(prompt, str) else bytes(prompt)
-    return sha256(b"verinfer/prompt|", data)
+    return sha256(b"verinfer/prompt|", bytes(salt), b"|", data)
 
 
 def output_commitment(

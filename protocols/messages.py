@@ -47,6 +47,8 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
         "created_at": (float, int),
         "p": (float, int, type(None)),  # cross-validation check probability; None = network default
         "require_tee": (bool,),  # serve only on nodes with valid attestation (TEE security level)
+        "sealed": (bool,),  # the prompt travels sealed to attested nodes' HPKE keys
+        "client_kem": (bytes,),  # client's X25519 key: outputs are sealed back to it ("" = plaintext)
     },
     # node -> aggregator, phase 1: a sealed commitment plus a digest of the
     # output it handed the client.
@@ -81,7 +83,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     },
 }
 OPTIONAL: dict[str, dict[str, Any]] = {t: {} for t in SCHEMAS}
-OPTIONAL["request"] = {"p": None, "require_tee": False}
+OPTIONAL["request"] = {"p": None, "require_tee": False, "sealed": False, "client_kem": b""}
 
 
 @dataclass(frozen=True)

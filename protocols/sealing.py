@@ -55,3 +55,42 @@ def seal(recipient_public: bytes, plaintext: bytes, info: bytes, aad: bytes = b"
     ctx = HPKE.new(receiver_key=pub, aead_id=HPKE.AEAD.AES256_GCM, info=info)
     ct = ctx.seal(plaintext, aad)
     return pack([ctx.enc, ct])
+
+
+# --- prompts sealed to every attested node that may serve them -----------------------
+PROMPT_INFO = b"verinfer/prompt|"
+OUTPUT_INFO = b"verinfer/output|"
+
+
+def seal_prompt(prompt: str, request_id: str, recipients: dict[str, bytes], content_key: bytes,
+                nonce: bytes) -> bytes:
+    """Encrypt `prompt` once (AES-256-GCM under content_key) and seal content_key to each
+    recipient node's HPKE key, so any node the selector may still draw can read it
+    and nobody else can. content_key (32 bytes) and nonce (12 bytes) are the caller's."""
+    from Crypto.Cipher import AES
+
+    cipher = AES.new(content_key, AES.MODE_GCM, nonce=nonce)
+    cipher.update(PROMPT_INFO + request_id.encode())
+    ct, tag = cipher.encrypt_and_digest(prompt.encode("utf-8"))
+    keys = {nid: seal(pub, content_key, PROMPT_INFO + request_id.encode() + b"|" + nid.encode())
+            for nid, pub in recipients.items()}
+    return pack({"ct": ct, "tag": tag, "nonce": nonce, "keys": keys})
+
+
+def open_prompt(blob: bytes, request_id: str, node_id: str, kem: KemKey) -> str:
+    from Crypto.Cipher import AES
+
+    obj = unpack(blob)
+    if not isinstance(obj, dict) or not isinstance(obj.get("keys"), dict) or node_id not in obj["keys"]:
+        raise SealError(f"the prompt is not sealed to {node_id}")
+    key = kem.open(obj["keys"][node_id], PROMPT_INFO + request_id.encode() + b"|" + node_id.encode())
+    try:
+        cipher = AES.new(key, AES.MODE_GCM, nonce=obj["nonce"])
+        cipher.update(PROMPT_INFO + request_id.encode())
+        return cipher.decrypt_and_verify(obj["ct"], obj["tag"]).decode("utf-8")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise SealError(f"sealed prompt does not open: {exc}") from None
+
+
+def output_info(request_id: str, member_id: str) -> bytes:
+    return OUTPUT_INFO + request_id.encode() + b"|" + member_id.encode()

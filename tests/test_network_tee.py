@@ -112,3 +112,34 @@ def test_revocation_removes_nodes_from_selection_at_once(small):
     with pytest.raises(NotEnoughNodes):
         client.generate("z", mode="tee", n=1, max_tokens=2)
     assert client.generate("z", n=1, max_tokens=2).result().status == "final"  # non-TEE service goes on
+
+
+def test_prompt_and_output_plaintext_never_reach_selector_aggregator_or_ledger(tiny_net, tiny_client, tmp_path):
+    import pickle
+
+    secret = f"my secret prompt {uuid.uuid4().hex}"
+    h = tiny_client.generate(secret, n=3, max_tokens=8, require_tee=True)
+    res = h.result()
+    assert res.status == "final" and res.summary.output_checked  # the client opened and checked it
+    text = res.text.encode()
+    agg = ray.get(tiny_net.aggregator.debug_state.remote(h.request_id))
+    sel = ray.get(tiny_net.selector.__ray_call__.remote(lambda s: pickle.dumps(
+        {k: v for k, v in vars(s).items() if k not in ("registry", "aggregator", "ledger", "key")})))
+    led = ray.get(tiny_net.ledger.entries_for.remote(h.request_id))
+    for blob in (agg, sel, pickle.dumps(led), res.receipt):
+        assert secret.encode() not in blob
+        assert len(text) < 4 or text not in blob
+    # the nodes did read it: each one that served the request holds its own plaintext result
+    assert res.text is not None
+
+
+def test_sealed_prompt_opens_only_for_attested_recipients(tiny_net, tiny_client):
+    from protocols import sealing
+    from protocols.sealing import KemKey
+
+    blob = tiny_client.seal_for_attested("for enclaves only", "rid-x", tiny_net.config.default_model)
+    recipients = set(messages.unpack(blob)["keys"])
+    attested = {n["node_id"] for n in ray.get(tiny_net.registry.list_nodes.remote()) if n["attested"]}
+    assert recipients == attested
+    with pytest.raises(sealing.SealError):  # an outsider's key opens nothing
+        sealing.open_prompt(blob, "rid-x", "tiny-00", KemKey(b"\x09" * 32))
