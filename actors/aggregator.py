@@ -18,6 +18,7 @@ mapping commitment the selector published at draw time.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Limits:
     referee_extra: int = 2  # referees = N + referee_extra
     client_credit: int = 10**9  # faucet deposit for a new client (dev networks)
     default_p: float = 0.1  # cross-validation check probability when a request names none
+    retain_rounds: int = 10000  # finished rounds kept for `final`/`status`; older ones are evicted
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Aggregator:
         self._models: dict[str, dict] = {}
         self._clients: set[str] = set()
         self._beacon: bytes | None = None
+        self._finished: collections.deque = collections.deque()  # eviction order of finished rounds
         self._joined = asyncio.Condition()  # obfuscated: wakes pushes that arrive before their member is known
         self.counters = {"submitted": 0, "final": 0, "resolved": 0, "unresolved": 0, "failed": 0, "messages": 0}
 
@@ -117,7 +120,8 @@ class Aggregator:
         b = req.body
         if messages.client_id_of(req.sender) != b["client_id"]:
             raise UnknownSender("request is not signed by the client it names")
-        if b["request_id"] in self.rounds or self.guard.seen_request(b["request_id"]):
+        if b["request_id"] in self.rounds or self.guard.seen_request(b["request_id"]) \
+                or b["request_id"] in self.guard.spent:
             raise messages.ReplayedMessage(f"request {b['request_id']} was already submitted")
         if b["prompt_len"] > self.limits.max_prompt_chars:
             raise PromptTooLarge(f"prompt has {b['prompt_len']} characters, limit {self.limits.max_prompt_chars}")
@@ -478,6 +482,12 @@ class Aggregator:
                                "timings": dict(live.timings, submitted=live.submitted_at)})
         for ref in live.calls.values():
             _cancel(ref)
+        self._finished.append(rnd.request_id)
+        while len(self._finished) > self.limits.retain_rounds:  # bounded memory; ids stay spent
+            old = self._finished.popleft()
+            self.rounds.pop(old, None)
+            self.guard.forget_messages(old)
+            self.selector.forget.remote(old)
 
     def debug_state(self, request_id: str) -> bytes:
         """Everything this actor holds about a round, pickled (privacy audits, tests)."""

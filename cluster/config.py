@@ -206,7 +206,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> NetworkConfig:
         raise ConfigError("limits.referee_extra must be an integer >= 1 (referees outnumber the quorum)")
     if not isinstance(limits.client_credit, int) or limits.client_credit < 0:
         raise ConfigError("limits.client_credit must be a non-negative integer (0 = no faucet)")
-    for f in ("max_prompt_chars", "max_n", "max_tokens"):
+    for f in ("max_prompt_chars", "max_n", "max_tokens", "retain_rounds"):
         if not isinstance(getattr(limits, f), int) or getattr(limits, f) < 1:
             raise ConfigError(f"limits.{f} must be a positive integer")
     if not isinstance(data.get("models", []), list) or not isinstance(data.get("nodes", []), list):

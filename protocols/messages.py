@@ -176,6 +176,7 @@ class ReplayGuard:
 
     def __init__(self) -> None:
         self._seen: dict[str, set[tuple[bytes, str]]] = {}
+        self.spent: set[str] = set()  # request ids whose per-message memory was dropped
 
     def check(self, env: Envelope) -> None:
         seen = self._seen.get(env.request_id)
@@ -195,8 +196,13 @@ class ReplayGuard:
         return request_id in self._seen
 
     def forget(self, request_id: str) -> None:
-        """Drop per-request memory once a round is archived (request ids stay unique)."""
+        """Forget a request entirely (it never started: the id may be used again)."""
         self._seen.pop(request_id, None)
+
+    def forget_messages(self, request_id: str) -> None:
+        """Drop per-message memory of a finished request; its id stays spent."""
+        self._seen.pop(request_id, None)
+        self.spent.add(request_id)
 
 
 def client_id_of(public: bytes) -> str:
