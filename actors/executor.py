@@ -52,6 +52,7 @@ class NodeExecutor:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{node_id}")
         self.kem = KemKey(os.urandom(32))  # HPKE key: tickets (and sealed prompts) are sealed to it
         self.attestation_spec = dict(attestation or {})  # {"provider": "simulated"|"nvidia", ...}
+        self._weights_key: bytes | None = None  # released by the registry after attestation; memory only
         # (request id, member id) -> (commitment, salt, role, signing key)
         self._pending: dict[tuple[str, str], tuple[bytes, bytes, str, SigningKey]] = {}
         self._inbox: collections.deque = collections.deque(maxlen=256)
@@ -65,8 +66,8 @@ class NodeExecutor:
             from actors.engines import make_engine
 
             engine = make_engine(self.engine_spec)
-            variant = self.behaviour if self.behaviour in ("substitute", "requantize") else "honest"
-            await asyncio.get_running_loop().run_in_executor(self._pool, engine.load, variant)
+            if not self.engine_spec.get("encrypted_path"):  # encrypted weights wait for `unlock`
+                await asyncio.get_running_loop().run_in_executor(self._pool, engine.load, self._variant())
             self.engine = engine
         fp = self.engine.fingerprint()
         import ray
@@ -76,6 +77,16 @@ class NodeExecutor:
                 "det_class": class_id(fp), "behaviour": self.behaviour, "pid": os.getpid(),
                 "ray_node": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "placement_group": ctx.get_placement_group_id()}
+
+    def _variant(self) -> str:
+        return self.behaviour if self.behaviour in ("substitute", "requantize") else "honest"
+
+    async def unlock(self, registry) -> None:
+        """Encrypted weights: get the key (sealed to our attested HPKE key) and load."""
+        sealed = await registry.release_weights_key.remote(self.node_id)
+        self._weights_key = self.kem.open(sealed, sealing.weights_key_info(self.engine.model_id, self.node_id))
+        await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: self.engine.load(self._variant(), weights_key=self._weights_key))
 
     def attest(self, nonce: bytes) -> bytes:
         """Evidence binding this node's current keys and the verifier's nonce."""
@@ -103,7 +114,8 @@ class NodeExecutor:
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r}")
         if behaviour in ("substitute", "requantize") or self.engine.variant != "honest":
-            self.engine.load(behaviour if behaviour in ("substitute", "requantize") else "honest")
+            key = {"weights_key": self._weights_key} if self._weights_key else {}
+            self.engine.load(behaviour if behaviour in ("substitute", "requantize") else "honest", **key)
         self.behaviour = behaviour
 
     def stats(self) -> dict:

@@ -54,6 +54,7 @@ class ModelRegistry:
         self.trust_anchors = tuple(trust_anchors)
         self.epoch_s = float(epoch_s)  # attestation must be renewed (with fresh keys) every epoch
         self._nonces: dict[str, bytes] = {}
+        self._weight_keys: dict[str, bytes] = {}  # model id -> AES key of its weights at rest (never listed)
         self._seen_nonces: set[bytes] = set()
         self.version = 0  # bumps on every change; subscribers get each new view pushed
         self._subscribers: list = []
@@ -72,13 +73,16 @@ class ModelRegistry:
             ray.get([sub.on_registry.remote(*snapshot) for sub in self._subscribers])
 
     # --- models
-    def register_model(self, model_id: str, model_hash: str, engine: str, max_prompt_tokens: int = 1024) -> dict:
+    def register_model(self, model_id: str, model_hash: str, engine: str, max_prompt_tokens: int = 1024,
+                       weights_key: bytes | None = None) -> dict:
         if not model_id or len(model_hash) != 64:
             raise ValueError("a model needs an id and a hex SHA-256 content hash")
         old = self.models.get(model_id)
         if old is not None and old.model_hash != model_hash:
             raise ModelHashMismatch(f"model {model_id!r} is registered with another hash")
         self.models[model_id] = ModelRecord(model_id, model_hash, engine, max_prompt_tokens)
+        if weights_key is not None:
+            self._weight_keys[model_id] = bytes(weights_key)
         self._changed()
         return asdict(self.models[model_id])
 
@@ -197,6 +201,19 @@ class ModelRegistry:
         rec.pubkey, rec.kem_pub = bytes(pubkey), bytes(kem_pub)
         rec.attested, rec.attested_until = False, 0.0
         self._changed()
+
+    def release_weights_key(self, node_id: str) -> bytes:
+        """The model's weights key, sealed to the node's attested HPKE key; refused
+        to any node without valid attestation right now."""
+        from protocols import sealing
+
+        rec = self._node(node_id)
+        if rec.model_id not in self._weight_keys:
+            raise NodeError(f"model {rec.model_id!r} has no encrypted weights")
+        if not (rec.attested and rec.attested_until >= time.time()):
+            raise NodeError(f"{node_id} has no valid attestation: weights key refused")
+        return sealing.seal(rec.kem_pub, self._weight_keys[rec.model_id],
+                            sealing.weights_key_info(rec.model_id, node_id))
 
     def attested_nodes(self, model_id: str) -> list[dict]:
         """Nodes a client may seal a TEE prompt to: key, evidence (the client re-verifies it)."""

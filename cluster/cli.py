@@ -190,22 +190,27 @@ def cmd_attest(args) -> int:
     import ray
 
     net = connect(cfg)
-    if args.node not in net.executors:
+    nodes = sorted(net.executors) if args.node == "all" else [args.node]
+    if any(n not in net.executors for n in nodes):
         return _err(f"UnknownNode: no node {args.node!r} in network {cfg.network.name!r}", EXIT_USAGE)
     if not cfg.attestation.enabled:
         return _err("this network's config has no [attestation] provider", EXIT_USAGE)
-    res = attest_all(net.registry, net.executors, [args.node])[0]
-    node = ray.get(net.registry.describe.remote(args.node))
-    out = {"node_id": args.node, "attested": node["attested"], "attested_until": node["attested_until"],
-           **{k: (v.hex() if isinstance(v, bytes) else v) for k, v in res.items()}}
-    if args.json:
-        print(json.dumps(out))
-    else:
+    results = attest_all(net.registry, net.executors, nodes, rotate=args.rotate)
+    ok = True
+    for nid, res in zip(nodes, results):
+        node = ray.get(net.registry.describe.remote(nid))
+        ok &= res["ok"]
+        out = {"node_id": nid, "attested": node["attested"], "attested_until": node["attested_until"],
+               **{k: (v.hex() if isinstance(v, bytes) else v) for k, v in res.items()}}
+        if args.json:
+            print(json.dumps(out))
+            continue
         label = "SIMULATED " if res["simulated"] else ""
-        print(f"{args.node}: {label}attestation {'VALID' if res['ok'] else 'INVALID'} ({res['reason']}): "
+        print(f"{nid}: {label}attestation {'VALID' if res['ok'] else 'INVALID'} ({res['reason']}): "
               f"{res['detail']}")
-        print(f"  evidence digest {res['digest']}  tcb {res['tcb_version']}  device {res['device_id']}")
-    return EXIT_OK if res["ok"] else EXIT_CHECK
+        print(f"  evidence digest {res['digest']}  tcb {res['tcb_version']}  device {res['device_id']}"
+              + ("  (keys rotated)" if args.rotate else ""))
+    return EXIT_OK if ok else EXIT_CHECK
 
 
 def cmd_ledger(args) -> int:
@@ -270,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     at = sub.add_parser("attest", help="challenge a node now and show its evidence's verification")
     net_args(at)
-    at.add_argument("node")
+    at.add_argument("node", help="node id, or `all` (run one attestation epoch for the whole network)")
+    at.add_argument("--rotate", action="store_true", help="rotate the node keys first (new epoch)")
     at.add_argument("--json", action="store_true")
     at.set_defaults(fn=cmd_attest)
 

@@ -70,11 +70,33 @@ def model_hash(model: ModelSection) -> str:
     raise ConfigError(f"unknown engine {model.engine!r}")
 
 
-def engine_spec(model: ModelSection, threads: int) -> dict:
-    spec = {"engine": model.engine, **model.options}
+def engine_spec(model: ModelSection, threads: int, sealed: dict | None = None) -> dict:
+    spec = {"engine": model.engine, **{k: v for k, v in model.options.items() if k != "encrypted_weights"}}
     if model.engine != "vllm":
         spec["threads"] = threads
+    if sealed and model.id in sealed:  # weights at rest: the node gets only the ciphertext
+        spec.update(encrypted_path=sealed[model.id], expected_hash=model_hash(model), model_id=model.id)
     return spec
+
+
+def encrypt_weights(model: ModelSection, path: str) -> bytes:
+    """Write the model's weights AES-256-GCM encrypted to `path`; return the key."""
+    from dataclasses import fields
+
+    from actors.engines.tiny import TinyConfig, weights_path
+    from protocols.sealing import encrypt_blob
+
+    if model.engine != "tiny":
+        raise ConfigError(f"models[{model.id}]: encrypted_weights is supported for the tiny engine only")
+    shape = {f.name for f in fields(TinyConfig)}
+    plain = weights_path(TinyConfig(**{k: v for k, v in model.options.items() if k in shape}),
+                         model.options.get("cache_dir"))
+    key = os.urandom(32)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        f.write(encrypt_blob(plain.read_bytes(), key, os.urandom(12), model.id.encode()))
+    os.replace(path + ".tmp", path)
+    return key
 
 
 def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None] = lambda s: None,
@@ -116,7 +138,16 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     aggregator = ray.remote(Aggregator).options(**opts("aggregator", max_concurrency=10000)).remote(
         registry, selector, ledger, cfg.economics, cfg.limits)
     ray.get([selector.bind.remote(aggregator, ledger), registry.subscribe.remote(selector)])
-    ray.get([registry.register_model.remote(m.id, hashes[m.id], m.engine) for m in cfg.models])
+    sealed_paths, keys = {}, {}
+    for m in cfg.models:
+        if m.options.get("encrypted_weights"):
+            if not att.enabled:
+                raise ConfigError(f"models[{m.id}]: encrypted weights need an [attestation] provider")
+            sealed_paths[m.id] = os.path.join(os.path.dirname(os.path.abspath(path)), "weights",
+                                              f"{cfg.network.name}-{m.id}.enc")
+            keys[m.id] = encrypt_weights(m, sealed_paths[m.id])
+    ray.get([registry.register_model.remote(m.id, hashes[m.id], m.engine, weights_key=keys.get(m.id))
+             for m in cfg.models])
     log(f"registered {len(cfg.models)} model(s): " + ", ".join(f"{k}={v[:12]}…" for k, v in hashes.items()))
 
     placements, pgs = placement.plan(cfg.nodes, ray.available_resources().get("CPU", 0.0))
@@ -131,7 +162,8 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
         g = group_of[p.node_id]
         executors[p.node_id] = ray.remote(NodeExecutor).options(
             name=actor_name(cfg, f"node/{p.node_id}"), max_concurrency=64, **ns, **life, **p.options,
-        ).remote(p.node_id, engine_spec(cfg.model(g.model), g.threads), cfg.malicious.get(p.node_id, "honest"),
+        ).remote(p.node_id, engine_spec(cfg.model(g.model), g.threads, sealed_paths),
+                 cfg.malicious.get(p.node_id, "honest"),
                  actor_name(cfg, "aggregator"), cfg.network.namespace if detached else None,
                  attestation=att_spec)
     log(f"starting {len(executors)} node executor(s)…")
@@ -157,6 +189,18 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
         n_ok = sum(1 for n in ray.get(registry.list_nodes.remote()) if n["attested"])
         log(f"attested {n_ok}/{len(infos)} node(s) ({att.provider}"
             + (", SIMULATED root of trust: not a real TEE)" if att.provider == "simulated" else ")"))
+    locked = [i["node_id"] for i in infos if group_of[i["node_id"]].model in sealed_paths]
+    if locked:  # weights keys go only to attested executors; the others stay out of service
+        refs = [executors[n].unlock.remote(registry) for n in locked]
+        failed = []
+        for nid, ref in zip(locked, refs):
+            try:
+                ray.get(ref)
+            except Exception:
+                failed.append(nid)
+                ray.get(registry.set_live.remote(nid, False))
+        log(f"released encrypted weights to {len(locked) - len(failed)}/{len(locked)} attested node(s)"
+            + (f"; refused: {', '.join(failed)}" if failed else ""))
     classes = sorted({i["det_class"] for i in infos})
     log(f"admitted {len(infos)} node(s) in {len(classes)} determinism class(es): {', '.join(classes)}")
     return Network(cfg, registry, selector, ledger, aggregator, executors, pgs, hashes)

@@ -55,6 +55,10 @@ class ModelHashMismatch(RequestError):
     """Weights' content hash differs from the hash the registry records."""
 
 
+class ModelLocked(RequestError):
+    """Weights are encrypted at rest and this node holds no released key for them."""
+
+
 class InvalidParams(RequestError):
     """Sampling params, mode or N outside what the network accepts."""
 

@@ -94,3 +94,33 @@ def open_prompt(blob: bytes, request_id: str, node_id: str, kem: KemKey) -> str:
 
 def output_info(request_id: str, member_id: str) -> bytes:
     return OUTPUT_INFO + request_id.encode() + b"|" + member_id.encode()
+
+
+# --- weights at rest ------------------------------------------------------------------
+WEIGHTS_INFO = b"verinfer/weights|"
+
+
+def encrypt_blob(data: bytes, key: bytes, nonce: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM: [nonce, ciphertext, tag] (the weights file format at rest)."""
+    from Crypto.Cipher import AES
+
+    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+    cipher.update(aad)
+    ct, tag = cipher.encrypt_and_digest(data)
+    return pack([nonce, ct, tag])
+
+
+def decrypt_blob(blob: bytes, key: bytes, aad: bytes) -> bytes:
+    from Crypto.Cipher import AES
+
+    try:
+        nonce, ct, tag = unpack(blob, max_len=1 << 34)
+        cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+        cipher.update(aad)
+        return cipher.decrypt_and_verify(ct, tag)
+    except (ValueError, TypeError) as exc:
+        raise SealError(f"encrypted weights do not open: {exc}") from None
+
+
+def weights_key_info(model_id: str, node_id: str) -> bytes:
+    return WEIGHTS_INFO + model_id.encode() + b"|" + node_id.encode()

@@ -100,6 +100,19 @@ def test_node_with_invalid_evidence_is_never_selected_for_tee(small):
     assert attest_all(small.registry, small.executors, ["tiny-02"])[0]["ok"]  # fresh evidence restores it
 
 
+def test_weights_key_is_refused_to_a_node_without_valid_attestation(small):
+    nonce = ray.get(small.registry.challenge.remote("tiny-01"))
+    ray.get(small.registry.attest.remote("tiny-01", b"not evidence"))
+    with pytest.raises(Exception, match="no valid attestation"):
+        ray.get(small.registry.release_weights_key.remote("tiny-01"))
+    with pytest.raises(Exception, match="no valid attestation"):  # so the executor cannot load the model
+        ray.get(small.executors["tiny-01"].unlock.remote(small.registry))
+    assert nonce
+    assert attest_all(small.registry, small.executors, ["tiny-01"])[0]["ok"]
+    sealed = ray.get(small.registry.release_weights_key.remote("tiny-01"))
+    assert isinstance(sealed, bytes)  # sealed to the node's HPKE key: useless to anyone else
+
+
 def test_revocation_removes_nodes_from_selection_at_once(small):
     client = small.client()
     hit = ray.get(small.registry.revoke.remote((), ("tiny-00",)))
@@ -143,3 +156,24 @@ def test_sealed_prompt_opens_only_for_attested_recipients(tiny_net, tiny_client)
     assert recipients == attested
     with pytest.raises(sealing.SealError):  # an outsider's key opens nothing
         sealing.open_prompt(blob, "rid-x", "tiny-00", KemKey(b"\x09" * 32))
+
+
+# --- weights at rest ------------------------------------------------------------------------
+def test_weights_are_encrypted_on_disk_and_decrypt_only_with_the_released_key(tiny_net, tmp_path):
+    import os
+
+    from actors.engines.tiny import TinyConfig, TinyEngine, weights_path
+    from protocols.errors import ModelLocked
+    from protocols.sealing import SealError
+
+    spec = ray.get(tiny_net.executors["tiny-00"].__ray_call__.remote(lambda ex: ex.engine_spec))
+    enc = open(spec["encrypted_path"], "rb").read()
+    plain = weights_path(TinyConfig()).read_bytes()
+    assert all(plain[i:i + 64] not in enc for i in range(0, len(plain) - 64, 4096))  # no plaintext at rest
+    locked = TinyEngine(encrypted_path=spec["encrypted_path"], expected_hash=spec["expected_hash"])
+    with pytest.raises(ModelLocked):  # no key, no model
+        locked.load()
+    with pytest.raises(SealError):
+        locked.load(weights_key=os.urandom(32))
+    # the serving node holds the key only in memory, obtained by proving its attestation
+    assert ray.get(tiny_net.executors["tiny-00"].__ray_call__.remote(lambda ex: ex._weights_key is not None))

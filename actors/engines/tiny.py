@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
 
-from protocols.errors import ModelHashMismatch, PromptTooLarge
+from protocols.errors import ModelHashMismatch, ModelLocked, PromptTooLarge
 from protocols.params import SamplingParams
 
 from . import decoding
@@ -124,31 +125,52 @@ class TinyEngine:
     name = "tiny"
 
     def __init__(self, cache_dir: str | None = None, threads: int = 1, max_prompt_tokens: int = 512,
-                 expected_hash: str | None = None, fixed_cost_s: float = 0.0, **cfg: Any):
+                 expected_hash: str | None = None, fixed_cost_s: float = 0.0, encrypted_path: str | None = None,
+                 model_id: str = "tiny", **cfg: Any):
         self.cfg = TinyConfig(**cfg)
         self.cache_dir = cache_dir
         self.threads = threads
         self.max_prompt_tokens = max_prompt_tokens
         self.expected_hash = expected_hash
         self.fixed_cost_s = float(fixed_cost_s)  # benchmarks: pretend each request costs this much (CPU idle)
+        self.encrypted_path = encrypted_path  # weights at rest: AES-256-GCM file, key released after attestation
+        self.model_id = model_id
+        if encrypted_path and not expected_hash:
+            raise ValueError("encrypted weights need expected_hash (the registered plaintext hash)")
         self.variant = HONEST
         self._model: TinyTransformer | None = None
         self._hash: str | None = None
 
-    def load(self, variant: str = HONEST) -> None:
-        torch.set_num_threads(self.threads)
-        torch.use_deterministic_algorithms(True)
-        path = weights_path(self.cfg, self.cache_dir)
-        self._hash = file_sha256(path)
+    def _state(self, weights_key: bytes | None) -> dict:
+        """The honest weights: from the encrypted file (with the released key) or the cache."""
+        if self.encrypted_path:
+            if weights_key is None:
+                raise ModelLocked("weights are encrypted at rest; the key is released only to attested executors")
+            from protocols.sealing import decrypt_blob
+
+            with open(self.encrypted_path, "rb") as f:
+                data = decrypt_blob(f.read(), weights_key, self.model_id.encode())
+            self._hash = hashlib.sha256(data).hexdigest()
+            state = safetensors_load(data)
+        else:
+            path = weights_path(self.cfg, self.cache_dir)
+            self._hash = file_sha256(path)
+            state = load_file(str(path))
         if self.expected_hash is not None and self._hash != self.expected_hash:
             raise ModelHashMismatch(f"tiny weights hash {self._hash[:16]}… != registered {self.expected_hash[:16]}…")
+        return state
+
+    def load(self, variant: str = HONEST, weights_key: bytes | None = None) -> None:
+        torch.set_num_threads(self.threads)
+        torch.use_deterministic_algorithms(True)
+        state = self._state(weights_key)
         if variant == "substitute":
             small = TinyConfig(d_model=self.cfg.d_model, n_heads=self.cfg.n_heads, n_layers=1,
                                d_ff=self.cfg.d_ff // 2, max_pos=self.cfg.max_pos, seed=self.cfg.seed + 1)
             model = build_model(small)
         else:
             model = TinyTransformer(self.cfg)
-            model.load_state_dict(load_file(str(path)))
+            model.load_state_dict(state)
             if variant == "requantize":
                 with torch.no_grad():
                     for p in model.parameters():
@@ -159,6 +181,8 @@ class TinyEngine:
         self.variant = variant
 
     def model_hash(self) -> str:
+        if self.encrypted_path:
+            return self.expected_hash
         if self._hash is None:
             self._hash = file_sha256(weights_path(self.cfg, self.cache_dir))
         return self._hash
