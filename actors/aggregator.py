@@ -341,12 +341,12 @@ class Aggregator:
             return
         live.msgs["result"] += 1
         self.counters["messages"] += 1
-        live.results[nid], live.outputs[nid] = env.raw, out
-        live.methods[nid] = res.get("method", "generate")
         try:
             actions = rnd.on_result(nid, env.sender, env.body["commit_hash"], time.time())
         except MessageError:
-            return  # late (already timed out) or out of stage: ignored
+            return  # late (already timed out) or out of stage: ignored, and kept out of the receipt
+        live.results[nid], live.outputs[nid] = env.raw, out
+        live.methods[nid] = res.get("method", "generate")
         await self._run(live, actions)
 
     async def _await_reveal(self, live: Live, nid: str, ref) -> None:
@@ -370,11 +370,11 @@ class Aggregator:
             return
         live.msgs["reveal"] += 1
         self.counters["messages"] += 1
-        live.reveals[nid] = env.raw
         try:
             actions = rnd.on_reveal(nid, env.sender, env.body["commitment"], env.body["salt"], time.time())
         except MessageError:
-            return
+            return  # late: the member already timed out; its reveal is not evidence of this round
+        live.reveals[nid] = env.raw
         await self._run(live, actions)
 
     def _check_member_msg(self, live: Live, env: messages.Envelope, nid: str) -> None:
