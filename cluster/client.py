@@ -5,9 +5,10 @@
     first = handle.first_output()              # provisional: the first node to finish
     result = handle.result()                   # final answer + verified receipt
 
-The first output is taken straight from whichever node finishes first (its
-signed result is checked against the node key the aggregator names), so time
-to first output is one node's generation plus a few actor hops. `result()`
+The first output is the first node's signed result, handed over by the
+aggregator the moment it arrives (the client checks the node's signature and
+the output digest), so time to first output is one node's generation plus a
+few actor hops. `result()`
 verifies the receipt offline before returning, including that the returned
 tokens are the ones the accepted commitment binds.
 """
@@ -62,25 +63,11 @@ class RequestHandle:
         """The first node's output (provisional). None if no node answered."""
         if self._first is not None:
             return self._first
-        agg_ref = self.client.aggregator.first_output.remote(self.request_id)
-        pending = list(self._sub["calls"]) + [agg_ref]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while pending:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
-            if not ready:
-                raise TimeoutError(f"no output for {self.request_id} within {timeout}s")
-            try:
-                got = ray.get(ready[0])
-            except Exception:
-                continue  # that node failed; the aggregator replaces it
-            if got is None:
-                return None
-            fo = self._check(got)
-            if fo is not None:
-                self._first = fo
-                return fo
-        return None
+        got = ray.get(self.client.aggregator.first_output.remote(self.request_id), timeout=timeout)
+        if got is None:
+            return None
+        self._first = self._check(got)
+        return self._first
 
     def _check(self, got: dict) -> FirstOutput | None:
         """Accept an output only if its signed digest matches and the signer is a drawn member."""
