@@ -28,7 +28,7 @@ from collections import Counter
 
 from protocols import commitments, crossval, messages, obfuscation, receipts
 from protocols.crypto import SigningKey
-from protocols.errors import (InvalidParams, MessageError, PromptTooLarge, UnknownModel, UnknownRequest,
+from protocols.errors import (InvalidParams, MessageError, PromptTooLarge, UnknownRequest,
                               UnknownSender, VerinferError, ModelHashMismatch)
 from protocols.ledger import Settlement, Slash
 from protocols.params import SamplingParams
@@ -76,7 +76,7 @@ class Live:
     methods: dict[str, str] = field(default_factory=dict)  # node -> generate | prefill | ...
     obfuscated: bool = False
     mapping: dict[str, bytes] = field(default_factory=dict)  # obfuscated: pseudonym -> committed entry
-    unblinded: dict[str, list] = field(default_factory=dict)  # obfuscated: slashed pseudonym -> [node, salt]
+    unblinded: dict[str, list] = field(default_factory=dict)  # slashed pseudonym -> [node, salt(, digest, evidence)]
     msgs: Counter = field(default_factory=Counter)  # protocol messages this round exchanged
     draws: list = field(default_factory=list)  # the selector's draw records, for the receipt
     require_tee: bool = False  # every member must hold valid attestation
@@ -147,8 +147,6 @@ class Aggregator:
             crossval.check_probability(self.limits.default_p if b["p"] is None else b["p"])
         if b["mode"] == TEE and b["n"] != 1:
             raise InvalidParams("mode tee runs on one attested node: n must be 1 (use --require-tee for quorums)")
-        if b["mode"] == OBFUSCATED and b["require_tee"]:
-            raise InvalidParams("obfuscated mode does not combine with require_tee yet")
         params = SamplingParams.from_wire(b["params"])
         if params.max_tokens > self.limits.max_tokens:
             raise InvalidParams(f"max_tokens exceeds the network limit of {self.limits.max_tokens}")
@@ -289,7 +287,8 @@ class Aggregator:
             live.draws.append(d)
             return d
         d = await self.selector.draw_obfuscated.remote(rid, b["model_id"], count, role, label, live.request.raw,
-                                                       live.prompt, det, allow_fewer, dispatch)
+                                                       live.prompt, det, allow_fewer, dispatch,
+                                                       attested or live.require_tee)
         live.mapping.update(d["mapping"])
         live.msgs["dispatch"] += len(d["pseudonyms"])
         return {"det_class": d["det_class"], "selected": d["pseudonyms"], "keys": d["keys"]}
@@ -308,7 +307,8 @@ class Aggregator:
         claimed = live.outputs[act.verify_of].get("token_ids") if act.verify_of else None
         live.msgs["dispatch"] += len(act.node_ids)
         for nid in act.node_ids:
-            ref = (await self._handle(nid)).execute.remote(live.request.raw, live.prompt, act.role, claimed)
+            ref = (await self._handle(nid)).execute.remote(live.request.raw, live.prompt, act.role, claimed,
+                                                           live.round.members[nid].key)
             live.calls[nid] = ref
             asyncio.ensure_future(self._await_result(live, nid, ref))
 
@@ -431,9 +431,9 @@ class Aggregator:
             if slashed:  # unblind only whom we must slash, and hold the selector to its commitment
                 answer = await self.selector.unblind.remote(rnd.request_id, slashed)
                 for pid in slashed:
-                    node_id, salt = answer[pid]
-                    obfuscation.check_unblinding(live.mapping, rnd.members[pid].key, node_id, salt)
-                    live.unblinded[pid] = [node_id, salt]
+                    node_id, salt, digest, evidence = answer[pid]
+                    obfuscation.check_unblinding(live.mapping, rnd.members[pid].key, node_id, salt, digest)
+                    live.unblinded[pid] = [node_id, salt, digest, evidence] if digest else [node_id, salt]
             res = await self.selector.settle_obfuscated.remote(
                 rnd.request_id, b["client_id"], live.escrowed, list(outcome.paid), list(outcome.slashes),
                 list(outcome.beneficiaries), list(outcome.referees))

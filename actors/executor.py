@@ -16,14 +16,13 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from protocols import commitments, messages, obfuscation, sealing
 from protocols.canonical import pack
 from protocols.crypto import SigningKey
 from protocols.sealing import KemKey
 from protocols.determinism import class_id
-from protocols.errors import MessageError, ModelHashMismatch, UnknownRequest
+from protocols.errors import MessageError, ModelHashMismatch, NodeError, UnknownRequest
 from protocols.params import SamplingParams
 
 BEHAVIOURS = {
@@ -51,6 +50,10 @@ class NodeExecutor:
         self.engine = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{node_id}")
         self.kem = KemKey(os.urandom(32))  # HPKE key: tickets (and sealed prompts) are sealed to it
+        # key rotation: the next epoch's keys (attested, not yet in use) and the last epoch's
+        # (requests drawn before the switch still name them)
+        self._next: tuple[SigningKey, KemKey] | None = None
+        self._previous: tuple[SigningKey, KemKey] | None = None
         self.attestation_spec = dict(attestation or {})  # {"provider": "simulated"|"nvidia", ...}
         self._weights_key: bytes | None = None  # released by the registry after attestation; memory only
         # (request id, member id) -> (commitment, salt, role, signing key)
@@ -84,12 +87,16 @@ class NodeExecutor:
     async def unlock(self, registry) -> None:
         """Encrypted weights: get the key (sealed to our attested HPKE key) and load."""
         sealed = await registry.release_weights_key.remote(self.node_id)
-        self._weights_key = self.kem.open(sealed, sealing.weights_key_info(self.engine.model_id, self.node_id))
+        info = sealing.weights_key_info(self.engine.model_id, self.node_id)
+        self._weights_key = self._open_sealed(lambda kem: kem.open(sealed, info))
         await asyncio.get_running_loop().run_in_executor(
             self._pool, lambda: self.engine.load(self._variant(), weights_key=self._weights_key))
 
     def attest(self, nonce: bytes) -> bytes:
         """Evidence binding this node's current keys and the verifier's nonce."""
+        return self._evidence(self.key.public, self.kem.public, nonce)
+
+    def _evidence(self, signing_pub: bytes, kem_pub: bytes, nonce: bytes) -> bytes:
         from actors.attestation import NvidiaGpuProvider, SimulatedProvider, code_hash
 
         spec = self.attestation_spec
@@ -101,13 +108,48 @@ class NodeExecutor:
             provider = NvidiaGpuProvider(self.key, measurements, spec.get("nras_url", ""))
         else:
             raise NotImplementedError(f"node {self.node_id} has no attestation provider")
-        return provider.evidence(self.key.public, self.kem.public, nonce)
+        return provider.evidence(signing_pub, kem_pub, nonce)
 
-    def rotate_keys(self) -> dict:
-        """Fresh signing and HPKE keys for a new attestation epoch (no request may be in flight)."""
-        self.key = SigningKey(os.urandom(32))
-        self.kem = KemKey(os.urandom(32))
+    # --- key rotation: prepare (attest the new keys) -> registry switches -> commit
+    def prepare_rotation(self, nonce: bytes) -> dict:
+        """Fresh keys for the next epoch and evidence binding them; the current keys
+        stay in use until `commit_rotation`, and both sign for the draws that name them."""
+        self._next = (SigningKey(os.urandom(32)), KemKey(os.urandom(32)))
+        pub, kem_pub = self._next[0].public, self._next[1].public
+        return {"pubkey": pub, "kem_pub": kem_pub, "evidence": self._evidence(pub, kem_pub, nonce)}
+
+    def commit_rotation(self) -> dict:
+        """The registry accepted the new keys: make them current, keep the old ones one epoch."""
+        if self._next is None:
+            raise NodeError("no key rotation was prepared")
+        self._previous = (self.key, self.kem)
+        (self.key, self.kem), self._next = self._next, None
         return {"pubkey": self.key.public, "kem_pub": self.kem.public}
+
+    def abort_rotation(self) -> None:
+        self._next = None
+
+    def _keysets(self) -> list[tuple[SigningKey, KemKey]]:
+        return [(self.key, self.kem)] + [k for k in (self._next, self._previous) if k is not None]
+
+    def _signer(self, public: bytes | None) -> SigningKey:
+        """The key a draw named for this node (current, next or previous epoch)."""
+        if public is None:
+            return self.key
+        for sk, _ in self._keysets():
+            if sk.public == public:
+                return sk
+        raise NodeError(f"{self.node_id} holds no key {public.hex()[:16]}…: drawn under a retired epoch")
+
+    def _open_sealed(self, open_with):
+        """Open something sealed to one of this node's HPKE keys (current first)."""
+        err = None
+        for _, kem in self._keysets():
+            try:
+                return open_with(kem)
+            except sealing.SealError as exc:
+                err = exc
+        raise err
 
     def set_behaviour(self, behaviour: str) -> None:
         """Experiments only: change how this node answers (engine variants need a reload)."""
@@ -129,7 +171,8 @@ class NodeExecutor:
         if messages.client_id_of(req.sender) != body["client_id"]:
             raise MessageError("request not signed by the client it names")
         if body["sealed"]:
-            prompt = sealing.open_prompt(prompt, body["request_id"], self.node_id, self.kem)
+            sealed, rid = prompt, body["request_id"]
+            prompt = self._open_sealed(lambda kem: sealing.open_prompt(sealed, rid, self.node_id, kem))
         if not isinstance(prompt, str) or commitments.prompt_hash(prompt, body["nonce"]) != body["prompt_hash"]:
             raise MessageError("prompt does not match the signed prompt hash")
         if self.behaviour in ("honest", "substitute", "requantize") and body["model_hash"] != self.engine.model_hash():
@@ -188,14 +231,17 @@ class NodeExecutor:
             output = {"sealed": sealing.seal(body["client_kem"], pack(output), sealing.output_info(rid, member_id))}
         return {"envelope": env.raw, "output": output, "method": method, "engine_seconds": seconds}
 
-    async def execute(self, request_raw: bytes, prompt: str, role: str, claimed: list[int] | None = None) -> dict:
+    async def execute(self, request_raw: bytes, prompt: str, role: str, claimed: list[int] | None = None,
+                      signer: bytes | None = None) -> dict:
         """Run (or, given `claimed` tokens of another node, verify) one request.
 
         Verification tries one prefill pass; if the claim is rejected or a near-tie
-        makes prefill unsure, the node regenerates and commits to its own output."""
+        makes prefill unsure, the node regenerates and commits to its own output.
+        `signer`: the public key the draw named (keys rotate between epochs)."""
+        key = self._signer(signer)
         req, prompt = self._check_request(request_raw, prompt)
         out = await self._run(req.body, prompt, claimed)
-        return await self._commit(req.body, self.node_id, role, self.key, *out)
+        return await self._commit(req.body, self.node_id, role, key, *out)
 
     async def reveal(self, request_id: str, member_id: str | None = None) -> bytes:
         if self.behaviour == "silent":
@@ -218,7 +264,8 @@ class NodeExecutor:
         """Open the selector's ticket, run, and push the result (signed with the
         ticket's one-time key) to the aggregator. Nothing here names another member."""
         req = messages.open_envelope(request_raw, "request")
-        ticket = obfuscation.open_ticket(sealed_ticket, req.request_id, self.kem, selector_public)
+        ticket = self._open_sealed(
+            lambda kem: obfuscation.open_ticket(sealed_ticket, req.request_id, kem, selector_public))
         req, prompt = self._check_request(request_raw, prompt)
         body = req.body
         signer = ticket.key

@@ -40,6 +40,7 @@ class NodeRecord:
     kem_pub: bytes = b""  # HPKE public key: tickets and sealed prompts are sealed to it
     attestation: dict = field(default_factory=dict)  # last verified evidence: digest, simulated, tcb, ...
     attested_until: float = 0.0
+    epoch: int = 0  # attestations accepted so far (each renewal is a new key generation)
 
     def view(self) -> NodeView:
         return NodeView(self.node_id, self.model_id, self.det_class, self.stake, self.live, self.attested,
@@ -150,17 +151,32 @@ class ModelRegistry:
     def attest(self, node_id: str, evidence: bytes) -> dict:
         """Verify evidence against the nonce we issued, the node's keys and the policy.
         Valid -> the node may serve TEE requests until the epoch ends."""
+        rec = self._node(node_id)
+        return self._admit_evidence(rec, evidence, rec.pubkey, rec.kem_pub)
+
+    def renew(self, node_id: str, pubkey: bytes, kem_pub: bytes, evidence: bytes) -> dict:
+        """A new epoch: evidence for the node's next keys. Valid -> the keys switch and
+        the attestation is extended in one step, so the node never leaves the TEE
+        class; invalid -> it leaves the class at once and keeps its old keys."""
+        rec = self._node(node_id)
+        if any(n.pubkey == pubkey for n in self.nodes.values()):
+            raise DuplicateNode("another node already uses this public key")
+        return self._admit_evidence(rec, evidence, bytes(pubkey), bytes(kem_pub))
+
+    def _admit_evidence(self, rec: NodeRecord, evidence: bytes, pubkey: bytes, kem_pub: bytes) -> dict:
         from protocols import attestation
 
-        rec = self._node(node_id)
         if self.policy is None:
             raise NodeError("this network has no attestation policy")
-        nonce = self._nonces.pop(node_id, None)
+        nonce = self._nonces.pop(rec.node_id, None)
         if nonce is None:
-            raise NodeError(f"no open challenge for {node_id}")
+            raise NodeError(f"no open challenge for {rec.node_id}")
         now = time.time()
-        res = attestation.verify(evidence, attestation.ExpectedBinding(rec.pubkey, rec.kem_pub, nonce),
+        res = attestation.verify(evidence, attestation.ExpectedBinding(pubkey, kem_pub, nonce),
                                  self._policy_for(rec), self.trust_anchors, now, self._seen_nonces)
+        if res.ok:
+            rec.pubkey, rec.kem_pub = pubkey, kem_pub
+            rec.epoch += 1
         rec.attested = res.ok
         rec.attested_until = now + self.epoch_s if res.ok else 0.0
         rec.attestation = {"ok": res.ok, "reason": res.reason, "detail": res.detail, "digest": res.digest,
@@ -168,6 +184,11 @@ class ModelRegistry:
                            "device_id": res.device_id, "at": now, "evidence": bytes(evidence) if res.ok else b""}
         self._changed()
         return {k: v for k, v in rec.attestation.items() if k != "evidence"}
+
+    def due_for_renewal(self, within_s: float) -> list[str]:
+        """Live nodes whose attestation ends within `within_s` (or that hold none)."""
+        horizon = time.time() + float(within_s)
+        return sorted(r.node_id for r in self.nodes.values() if r.live and r.attested_until <= horizon)
 
     def _policy_for(self, rec: NodeRecord):
         import dataclasses
@@ -192,15 +213,6 @@ class ModelRegistry:
                 hit.append(rec.node_id)
         self._changed()
         return hit
-
-    def rotate_keys(self, node_id: str, pubkey: bytes, kem_pub: bytes) -> None:
-        """New epoch keys: the node is out of the TEE class until it attests them."""
-        rec = self._node(node_id)
-        if any(n.pubkey == pubkey for n in self.nodes.values() if n.node_id != node_id):
-            raise DuplicateNode("another node already uses this public key")
-        rec.pubkey, rec.kem_pub = bytes(pubkey), bytes(kem_pub)
-        rec.attested, rec.attested_until = False, 0.0
-        self._changed()
 
     def release_weights_key(self, node_id: str) -> bytes:
         """The model's weights key, sealed to the node's attested HPKE key; refused

@@ -106,7 +106,8 @@ class ObfuscatingSelector(QuorumSelector):
         self.key = SigningKey(key_seed or os.urandom(32))
         self.aggregator = None
         self.ledger = None
-        # request id -> {"members": {pid: (node id, salt, pseudonym key, role)}, "served": set(node ids)}
+        # request id -> {"members": {pid: (node id, salt, pseudonym key, role, attestation | None)},
+        #                "served": set(node ids), "held": tickets not yet sent}
         self.obf: dict[str, dict] = {}
 
     def bind(self, aggregator: Any, ledger: Any) -> None:
@@ -117,13 +118,16 @@ class ObfuscatingSelector(QuorumSelector):
 
     async def draw_obfuscated(self, request_id: str, model_id: str, n: int, role: str, label: str,
                               request_raw: bytes, prompt: str, det_class: str | None = None,
-                              allow_fewer: bool = False, dispatch: bool = True) -> dict:
+                              allow_fewer: bool = False, dispatch: bool = True,
+                              require_attested: bool = False) -> dict:
         """Draw n fresh nodes, hand each a sealed ticket, return only pseudonyms.
 
-        dispatch=False holds the tickets until `dispatch_tickets` (after escrow)."""
+        dispatch=False holds the tickets until `dispatch_tickets` (after escrow).
+        require_attested draws only attested nodes and commits each one's evidence
+        digest in its mapping entry; the record says only "attested", not by whom."""
         state = self.obf.setdefault(request_id, {"members": {}, "served": set(), "held": []})
         rec = await self.draw(request_id, model_id, n, label, tuple(sorted(state["served"])), det_class,
-                              allow_fewer)
+                              allow_fewer, require_attested)
         kems = await self.registry.kem_keys.remote(rec["selected"])
         handles = await self.registry.handles.remote(rec["selected"])
         out = {"det_class": rec["det_class"], "pseudonyms": [], "keys": [], "mapping": {}}
@@ -132,13 +136,14 @@ class ObfuscatingSelector(QuorumSelector):
             salt = os.urandom(32)
             pub = ticket.key.public
             pid = obfuscation.pseudonym_id(pub)
-            state["members"][pid] = (nid, salt, pub, role)
+            att = rec["attestations"][nid] if require_attested else None
+            state["members"][pid] = (nid, salt, pub, role, att)
             state["served"].add(nid)
             sealed = obfuscation.make_ticket(ticket, kems[nid], self.key)
             state["held"].append((pid, handles[nid], sealed, request_raw, prompt))
             out["pseudonyms"].append(pid)
             out["keys"].append(pub)
-            out["mapping"][pid] = obfuscation.mapping_entry(pub, nid, salt)
+            out["mapping"][pid] = obfuscation.mapping_entry(pub, nid, salt, att["digest"] if att else "")
         if dispatch:
             self.dispatch_tickets(request_id)
         return out
@@ -169,18 +174,25 @@ class ObfuscatingSelector(QuorumSelector):
             raise UnknownRequest(f"no obfuscated draw for {request_id}")
         return self.obf[request_id]["members"]
 
-    def unblind(self, request_id: str, pseudonyms: list[str]) -> dict[str, tuple[str, bytes]]:
-        """(node id, salt) of each pseudonym the aggregator must slash."""
+    def unblind(self, request_id: str, pseudonyms: list[str]) -> dict[str, tuple]:
+        """(node id, salt, attestation digest, evidence) of each pseudonym the aggregator
+        must slash (digest and evidence empty for members drawn without attestation)."""
         members = self._members(request_id)
-        return {p: (members[p][0], members[p][1]) for p in pseudonyms}
+        out = {}
+        for p in pseudonyms:
+            nid, salt, _, _, att = members[p]
+            out[p] = (nid, salt, att["digest"] if att else "", att["evidence"] if att else b"")
+        return out
 
     def mapping_record(self, request_id: str) -> dict:
-        """What receipts carry: pseudonyms, roles, the mapping commitment, signed."""
+        """What receipts carry: pseudonyms, roles, whether each was attested
+        ("simulated" | "hardware" | ""), the mapping commitment; signed."""
         members = self._members(request_id)
         body = {
-            "members": {pid: {"key": pub, "role": role} for pid, (_, _, pub, role) in members.items()},
-            "mapping": {pid: obfuscation.mapping_entry(pub, nid, salt)
-                        for pid, (nid, salt, pub, _) in members.items()},
+            "members": {pid: {"key": pub, "role": role, "attested": _kind(att)}
+                        for pid, (_, _, pub, role, att) in members.items()},
+            "mapping": {pid: obfuscation.mapping_entry(pub, nid, salt, att["digest"] if att else "")
+                        for pid, (nid, salt, pub, _, att) in members.items()},
         }
         return {**body, "selector": self.key.public,
                 "sig": self.key.sign(obfuscation.MAPPING_DOMAIN + pack([request_id, body]))}
@@ -206,3 +218,9 @@ class ObfuscatingSelector(QuorumSelector):
     def forget(self, request_id: str) -> None:
         super().forget(request_id)
         self.obf.pop(request_id, None)
+
+
+def _kind(attestation: dict | None) -> str:
+    if not attestation:
+        return ""
+    return "simulated" if attestation.get("simulated") else "hardware"

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -195,7 +194,12 @@ def cmd_attest(args) -> int:
         return _err(f"UnknownNode: no node {args.node!r} in network {cfg.network.name!r}", EXIT_USAGE)
     if not cfg.attestation.enabled:
         return _err("this network's config has no [attestation] provider", EXIT_USAGE)
-    results = attest_all(net.registry, net.executors, nodes, rotate=args.rotate)
+    if args.rotate:  # a new epoch now: fresh keys, attested before they are used
+        if net.epochs is None:
+            return _err("this network runs no attestation epochs", EXIT_USAGE)
+        results = ray.get(net.epochs.renew.remote(nodes))
+    else:
+        results = attest_all(net.registry, net.executors, nodes)
     ok = True
     for nid, res in zip(nodes, results):
         node = ray.get(net.registry.describe.remote(nid))

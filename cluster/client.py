@@ -150,9 +150,17 @@ class Client:
             body.update(sealed=True, client_kem=self.kem.public)
         return messages.seal("request", body, self.key).raw, rid
 
-    def seal_for_attested(self, prompt: str, request_id: str, model: str) -> bytes:
+    def seal_for_attested(self, prompt: str, request_id: str, model: str,
+                          recipients: dict[str, bytes] | None = None) -> bytes:
         """Seal the prompt to every node whose attestation we verified (any may be drawn)."""
-        from protocols import attestation, sealing
+        from protocols import sealing
+
+        recipients = self.attested_recipients(model) if recipients is None else recipients
+        return sealing.seal_prompt(prompt, request_id, recipients, os.urandom(32), os.urandom(12))
+
+    def attested_recipients(self, model: str) -> dict[str, bytes]:
+        """node id -> HPKE key, for each node whose evidence verifies and binds that key."""
+        from protocols import attestation
 
         roots = ray.get(self.network.registry.__ray_call__.remote(lambda reg: reg.trust_anchors))
         recipients = {}
@@ -163,7 +171,7 @@ class Client:
                 allow_simulated=True, max_age_s=1e12, max_clock_skew_s=1e12), roots, float(rep["issued_at"]))
             if res.ok and rep["kem_pub"] == node["kem_pub"]:
                 recipients[node["node_id"]] = node["kem_pub"]
-        return sealing.seal_prompt(prompt, request_id, recipients, os.urandom(32), os.urandom(12))
+        return recipients
 
     def submit_raw(self, request_raw: bytes, prompt: str) -> RequestHandle:
         t0 = time.time()
@@ -182,8 +190,11 @@ class Client:
     def generate_many(self, prompts: list[str], **kw) -> list[RequestHandle]:
         """Send many requests at once (pipelined: one wait for all submissions)."""
         built = [self.build_request(p, **kw) for p in prompts]
+        sealed = kw.get("require_tee") or kw.get("mode") == "tee"
         t0 = time.time()
-        subs = ray.get([self.aggregator.submit.remote(raw, p) for (raw, _), p in zip(built, prompts)])
+        to = self.attested_recipients(kw.get("model") or self.config.default_model) if sealed else None
+        wire = [self.seal_for_attested(p, rid, "", to) if sealed else p for (_, rid), p in zip(built, prompts)]
+        subs = ray.get([self.aggregator.submit.remote(raw, w) for (raw, _), w in zip(built, wire)])
         return [RequestHandle(self, rid, sub, t0, "") for (_, rid), sub in zip(built, subs)]
 
     def results(self, handles: list[RequestHandle], timeout: float | None = None) -> list[Result]:

@@ -7,7 +7,7 @@
     [[models]]   id, engine ("tiny" | "smollm2" | "vllm"), options = { engine kwargs }
     [[nodes]]    model, count, prefix, threads, gpus (0 = CPU executors), cpus (0 = fair share)
     [malicious]  "<node id>" = "<behaviour>"   (experiments only)
-    [attestation] provider, allow_simulated, root_seed, tcb_version, min_tcb_version, max_age_s, epoch_s
+    [attestation] provider, allow_simulated, root_seed, tcb_version, min_tcb_version, max_age_s, epoch_s, renew_fraction
 
 Every field is validated in __post_init__; a bad file raises ConfigError naming
 the field, before anything is deployed.
@@ -101,6 +101,7 @@ class AttestationSection:
     min_tcb_version: int = 1  # policy: oldest acceptable TCB
     max_age_s: float = 300.0  # policy: evidence older than this is stale
     epoch_s: float = 3600.0  # attestation (and node keys) must be renewed every epoch
+    renew_fraction: float = 0.8  # the network renews a node's attestation this far into its epoch
 
     def __post_init__(self) -> None:
         if self.provider not in ("none", "simulated", "nvidia"):
@@ -120,6 +121,8 @@ class AttestationSection:
         for f in ("max_age_s", "epoch_s"):
             if not isinstance(getattr(self, f), (int, float)) or getattr(self, f) <= 0:
                 raise ConfigError(f"attestation.{f} must be a positive number")
+        if not isinstance(self.renew_fraction, (int, float)) or not 0.0 < self.renew_fraction < 1.0:
+            raise ConfigError("attestation.renew_fraction must be in (0, 1)")
 
     @property
     def enabled(self) -> bool:

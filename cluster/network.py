@@ -16,6 +16,7 @@ from typing import Any, Callable
 import ray
 
 from actors.aggregator import Aggregator
+from actors.epochs import EpochKeeper
 from actors.executor import NodeExecutor
 from actors.ledger import SlashingLedger
 from actors.registry import ModelRegistry
@@ -36,6 +37,7 @@ class Network:
     ledger: Any
     aggregator: Any
     executors: dict[str, Any] = field(default_factory=dict)
+    epochs: Any = None  # EpochKeeper, when the network attests its nodes
     placement_groups: list = field(default_factory=list)
     model_hashes: dict[str, str] = field(default_factory=dict)
 
@@ -116,7 +118,7 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     beacon = bytes.fromhex(cfg.network.beacon) if cfg.network.beacon else os.urandom(32)
 
     att = cfg.attestation
-    policy, anchors, att_spec = None, (), {}
+    policy, anchors, att_spec, epochs = None, (), {}, None
     if att.enabled:
         from actors.attestation import code_hash
         from protocols.attestation import Policy, SimulatedRoot
@@ -189,6 +191,10 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
         n_ok = sum(1 for n in ray.get(registry.list_nodes.remote()) if n["attested"])
         log(f"attested {n_ok}/{len(infos)} node(s) ({att.provider}"
             + (", SIMULATED root of trust: not a real TEE)" if att.provider == "simulated" else ")"))
+        epochs = ray.remote(EpochKeeper).options(**opts("epochs")).remote(registry, att.epoch_s, att.renew_fraction)
+        ray.get(epochs.start.remote())
+        log(f"attestation epochs of {att.epoch_s:g}s: keys rotate and nodes re-attest at "
+            f"{att.renew_fraction:.0%} of each epoch")
     locked = [i["node_id"] for i in infos if group_of[i["node_id"]].model in sealed_paths]
     if locked:  # weights keys go only to attested executors; the others stay out of service
         refs = [executors[n].unlock.remote(registry) for n in locked]
@@ -203,14 +209,11 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
             + (f"; refused: {', '.join(failed)}" if failed else ""))
     classes = sorted({i["det_class"] for i in infos})
     log(f"admitted {len(infos)} node(s) in {len(classes)} determinism class(es): {', '.join(classes)}")
-    return Network(cfg, registry, selector, ledger, aggregator, executors, pgs, hashes)
+    return Network(cfg, registry, selector, ledger, aggregator, executors, epochs, pgs, hashes)
 
 
-def attest_all(registry, executors: dict, node_ids: list[str], rotate: bool = False) -> list[dict]:
-    """One attestation epoch: (optionally rotate keys,) challenge, evidence, verify."""
-    if rotate:
-        keys = ray.get([executors[n].rotate_keys.remote() for n in node_ids])
-        ray.get([registry.rotate_keys.remote(n, k["pubkey"], k["kem_pub"]) for n, k in zip(node_ids, keys)])
+def attest_all(registry, executors: dict, node_ids: list[str]) -> list[dict]:
+    """Attest nodes under their current keys: challenge, evidence, verify."""
     nonces = ray.get([registry.challenge.remote(n) for n in node_ids])
     evidence = ray.get([executors[n].attest.remote(nonce) for n, nonce in zip(node_ids, nonces)])
     return ray.get([registry.attest.remote(n, e) for n, e in zip(node_ids, evidence)])
@@ -231,13 +234,19 @@ def connect(cfg: NetworkConfig) -> Network:
                 executors[nid] = ray.get_actor(actor_name(cfg, f"node/{nid}"), namespace=ns)
             except ValueError:
                 pass
+    try:
+        epochs = ray.get_actor(actor_name(cfg, "epochs"), namespace=ns)
+    except ValueError:  # a network without attestation has no epochs
+        epochs = None
     models = ray.get(handles["registry"].list_models.remote())
     return Network(cfg, handles["registry"], handles["selector"], handles["ledger"], handles["aggregator"],
-                   executors, [], {m["model_id"]: m["model_hash"] for m in models})
+                   executors, epochs, [], {m["model_id"]: m["model_hash"] for m in models})
 
 
 def teardown(net: Network) -> None:
-    for h in list(net.executors.values()) + [net.aggregator, net.selector, net.registry, net.ledger]:
+    for h in list(net.executors.values()) + [net.epochs, net.aggregator, net.selector, net.registry, net.ledger]:
+        if h is None:
+            continue
         try:
             ray.kill(h, no_restart=True)
         except Exception:

@@ -5,7 +5,9 @@ to that node's HPKE key and signed by the selector, carrying the request id and
 a fresh one-time Ed25519 seed. The node signs its result and reveal with the
 one-time key only, so the aggregator sees pseudonyms (one-time public keys),
 never node identities. With the draw the selector publishes a mapping
-commitment: per pseudonym, H(domain || pseudonym || node id || salt). To slash
+commitment: per pseudonym, H(domain || pseudonym || node id || salt || evidence
+digest), the digest of the member's attestation evidence when the request
+requires TEE nodes (empty otherwise). To slash
 a pseudonym the aggregator asks for (node id, salt) and checks it against the
 commitment, so the selector can neither frame an innocent node nor shield a
 guilty one. Honest pseudonyms are never unblinded. One-time keys and salts are
@@ -34,20 +36,22 @@ def pseudonym_id(public: bytes) -> str:
     return "p-" + public.hex()[:32]
 
 
-def mapping_entry(pseudonym: bytes, node_id: str, salt: bytes) -> bytes:
-    return sha256(MAPPING_DOMAIN, pseudonym, b"|", node_id.encode(), b"|", salt)
+def mapping_entry(pseudonym: bytes, node_id: str, salt: bytes, evidence_digest: str = "") -> bytes:
+    return sha256(MAPPING_DOMAIN, pseudonym, b"|", node_id.encode(), b"|", salt, b"|", evidence_digest.encode())
 
 
-def mapping_commitment(entries: list[tuple[bytes, str, bytes]]) -> dict[str, bytes]:
-    """{pseudonym id: H(pseudonym, node id, salt)} for the (pseudonym, node id, salt) triples."""
-    return {pseudonym_id(p): mapping_entry(p, nid, salt) for p, nid, salt in entries}
+def mapping_commitment(entries: list[tuple]) -> dict[str, bytes]:
+    """{pseudonym id: entry} for (pseudonym, node id, salt[, evidence digest]) tuples."""
+    return {pseudonym_id(e[0]): mapping_entry(*e) for e in entries}
 
 
-def check_unblinding(commitment: dict[str, bytes], pseudonym: bytes, node_id: str, salt: bytes) -> None:
+def check_unblinding(commitment: dict[str, bytes], pseudonym: bytes, node_id: str, salt: bytes,
+                     evidence_digest: str = "") -> None:
     want = commitment.get(pseudonym_id(pseudonym))
     if want is None:
         raise UnblindingRejected(f"{pseudonym_id(pseudonym)} is not in the committed mapping")
-    if not isinstance(salt, bytes) or mapping_entry(pseudonym, node_id, salt) != want:
+    if not isinstance(salt, bytes) or not isinstance(evidence_digest, str) \
+            or mapping_entry(pseudonym, node_id, salt, evidence_digest) != want:
         raise UnblindingRejected(f"selector's answer for {pseudonym_id(pseudonym)} does not open the commitment")
 
 

@@ -108,6 +108,14 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
         _fail("obfuscated requests need the selector's pseudonym record, and only they")
     if obf:
         keys, roles = _pseudonyms(obf, rid)
+        for pid, m in obf["members"].items():  # the selector vouches for each member's attestation
+            kind = m.get("attested", "")
+            if kind not in ("", "simulated", "hardware"):
+                _fail(f"pseudonym {pid}: unknown attestation kind {kind!r}")
+            if kind:
+                attested[pid] = kind
+            elif require_tee:
+                _fail(f"pseudonym {pid} was drawn for a TEE request without attestation")
     for d in sel.get("draws", []):
         if d["seed"] != selection.draw_seed(beacon, rid, d["label"]):
             _fail(f"draw {d['label']!r}: seed is not H(beacon, request, label)")
@@ -196,11 +204,16 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
         unblinded = dec.get("unblinded") or {}
         if set(unblinded) != {nid for nid, _ in slashed}:
             _fail("exactly the slashed pseudonyms, and only they, must be unblinded")
-        for pid, (node_id, salt) in unblinded.items():
+        for pid, opened in unblinded.items():
+            if not isinstance(opened, (list, tuple)) or len(opened) not in (2, 4):
+                _fail(f"unblinding of {pid} is malformed")
+            node_id, salt, digest, evidence = (list(opened) + ["", b""])[:4]
             try:
-                obfuscation.check_unblinding(obf["mapping"], keys[pid], node_id, salt)
+                obfuscation.check_unblinding(obf["mapping"], keys[pid], node_id, salt, digest)
             except obfuscation.UnblindingRejected as exc:
                 raise ReceiptInvalid(str(exc)) from None
+            if digest:  # a slashed attested member: its evidence is now public, and must verify
+                _check_evidence(evidence, digest, node_id, trusted_roots)
 
     checked = False
     if output_token_ids is not None:
@@ -215,26 +228,31 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
 
 def _check_attestation(entry: Any, key: bytes, nid: str, trusted_roots: Sequence[bytes] | None) -> str:
     """An attested member: its evidence hashes to the digest and binds its signing key."""
-    from . import attestation
-
     if not isinstance(entry, dict) or not isinstance(entry.get("evidence"), bytes):
         _fail(f"{nid} was drawn for a TEE request without attestation evidence")
-    ev = entry["evidence"]
-    if sha256(ev).hex() != entry.get("digest"):
+    report = _check_evidence(entry["evidence"], entry.get("digest"), nid, trusted_roots)
+    if report["signing_pub"] != key:
+        _fail(f"{nid}: attestation evidence does not bind the member's key")
+    return "simulated" if entry.get("simulated") else "hardware"
+
+
+def _check_evidence(ev: Any, digest: Any, nid: str, trusted_roots: Sequence[bytes] | None) -> dict:
+    """Evidence hashes to its digest, parses, and (given roots) verifies; returns its report."""
+    from . import attestation
+
+    if not isinstance(ev, bytes) or sha256(ev).hex() != digest:
         _fail(f"{nid}: attestation digest does not match its evidence")
     try:
         report = attestation.evidence_report(ev)
     except Exception:
         _fail(f"{nid}: attestation evidence is malformed")
-    if report["signing_pub"] != key:
-        _fail(f"{nid}: attestation evidence does not bind the member's key")
     if trusted_roots is not None:
         binding = attestation.ExpectedBinding(report["signing_pub"], report["kem_pub"], report["nonce"])
         policy = attestation.Policy(allow_simulated=True, max_age_s=1e12, max_clock_skew_s=1e12)
         res = attestation.verify(ev, binding, policy, list(trusted_roots), float(report["issued_at"]))
         if not res.ok:
             _fail(f"{nid}: attestation does not verify: {res.reason}")
-    return "simulated" if entry.get("simulated") else "hardware"
+    return report
 
 
 def _pseudonyms(obf: dict, rid: str) -> tuple[dict[str, bytes], dict[str, str]]:

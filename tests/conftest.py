@@ -109,3 +109,27 @@ def request_id_drawing(net, want: set, n: int, avoid: set = frozenset()) -> str:
         if want <= picked and not (avoid & picked):
             return rid
     raise AssertionError("no request id draws the wanted nodes")
+
+
+def trust_roots(net) -> list[bytes]:
+    """The network's attestation root keys, as a client would configure them."""
+    import ray
+
+    return list(ray.get(net.registry.__ray_call__.remote(lambda self: self.trust_anchors)))
+
+
+def deploy_tiny(tmp_path_factory, prefix: str, count: int, **attestation):
+    """A small tiny-engine network of its own next to the session one (honest, 0.05 CPU a node)."""
+    import uuid
+
+    from cluster import config as cfgmod
+    from cluster.network import deploy
+
+    cfg = cfgmod.load("tiny.toml")
+    cfg.network.name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cfg.malicious = {}
+    cfg.nodes[0].count = count
+    cfg.nodes[0].cpus = 0.05
+    for k, v in attestation.items():
+        setattr(cfg.attestation, k, v)
+    return deploy(cfg, ledger_path=str(tmp_path_factory.mktemp(prefix) / "ledger.db"))

@@ -178,6 +178,12 @@ BAD = [
     ("default-p-negative", _set(["limits", "default_p"], -0.1), r"limits\.default_p"),
     ("section-not-table", _set(["limits"], 5), r"\[limits\]"),
     ("models-not-array", _set(["models"], {"id": "m", "engine": "tiny"}), r"models"),
+    ("epoch-zero", _set(["attestation"], {"provider": "simulated", "allow_simulated": True, "epoch_s": 0}),
+     r"attestation\.epoch_s"),
+    ("renew-fraction-one", _set(["attestation"], {"provider": "simulated", "allow_simulated": True,
+                                                  "renew_fraction": 1.0}), r"attestation\.renew_fraction"),
+    ("renew-fraction-zero", _set(["attestation"], {"provider": "simulated", "allow_simulated": True,
+                                                   "renew_fraction": 0}), r"attestation\.renew_fraction"),
 ]
 
 

@@ -6,7 +6,7 @@ import pytest
 import ray
 
 from protocols import messages, obfuscation, receipts, selection
-from tests.conftest import request_id_drawing
+from tests.conftest import request_id_drawing, trust_roots
 
 
 @pytest.fixture(autouse=True)
@@ -124,3 +124,59 @@ def test_finality_needs_no_extra_round_over_sampling(tiny_net, tiny_client):
     m_obf = _ray.get(tiny_net.aggregator.final.remote(obf.request_id))["messages"]
     # the same three members, the same two phases: one result and one reveal each
     assert m_plain == m_obf == {"dispatch": 3, "result": 3, "reveal_request": 3, "reveal": 3}
+
+
+# --- obfuscation at the TEE security level (--require-tee) ----------------------------------
+def test_require_tee_obfuscated_round_is_sealed_attested_and_anonymous(tiny_net, tiny_client):
+    import pickle
+    import uuid
+
+    secrets = node_secrets(tiny_net)
+    secret = f"obfuscated enclave prompt {uuid.uuid4().hex}"
+    h = tiny_client.generate(secret, mode="obfuscated", n=2, max_tokens=8, require_tee=True)
+    first = h.first_output()
+    res = h.result()
+    assert res.status == "final" and first.token_ids == res.token_ids  # the client opened the sealed output
+    s = receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], res.token_ids,
+                                trusted_roots=trust_roots(tiny_net))
+    assert set(s.attested) == set(s.members) and set(s.attested.values()) == {"simulated"}
+    all_ids = [x for v in secrets.values() for x in v]
+    agg = ray.get(tiny_net.aggregator.debug_state.remote(h.request_id))
+    sel = ray.get(tiny_net.selector.__ray_call__.remote(lambda s: pickle.dumps(
+        {k: v for k, v in vars(s).items() if k not in ("registry", "aggregator", "ledger", "key")})))
+    assert not contains_any(res.receipt, all_ids)  # still no identities in the receipt
+    live = pickle.loads(agg)
+    table = set(messages.unpack(live.pop("prompt"))["keys"])  # the sealed prompt's recipient table
+    attested = {n["node_id"] for n in ray.get(tiny_net.registry.list_nodes.remote()) if n["attested"]}
+    assert table == attested  # names every attested node alike: the client cannot know the members either
+    assert not contains_any(pickle.dumps(live), all_ids)  # nothing else in the aggregator names a node
+    for blob in (agg, sel, res.receipt):  # and no plaintext anywhere
+        assert secret.encode() not in blob and res.text.encode() not in blob
+
+
+def test_require_tee_obfuscated_cheater_is_unblinded_with_its_evidence(tiny_net, tiny_client, behave):
+    cheater = "tiny-05"
+    behave(cheater, "random")
+    rid = request_id_drawing(tiny_net, {cheater}, 3)
+    res = tiny_client.generate("enclave cheater", mode="obfuscated", n=2, max_tokens=8, request_id=rid,
+                               require_tee=True).result()
+    assert res.status == "resolved"
+    roots = trust_roots(tiny_net)
+    s = receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], res.token_ids, trusted_roots=roots)
+    assert len(s.slashed) == 1 and set(s.attested) == set(s.members)
+    body = messages.open_envelope(res.receipt, "receipt").body
+    [(node_id, _salt, digest, evidence)] = body["decision"]["unblinded"].values()
+    assert node_id == cheater and digest == __import__("protocols.canonical").canonical.sha256(evidence).hex()
+    with pytest.raises(receipts.ReceiptInvalid):  # the revealed evidence must chain to a trusted root
+        receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], trusted_roots=[b"\x01" * 32])
+
+
+def test_unblinding_must_open_the_committed_evidence_digest():
+    from protocols.crypto import SigningKey
+
+    pub = SigningKey(b"\x07" * 32).public
+    commitment = obfuscation.mapping_commitment([(pub, "tiny-01", b"s" * 32, "ab" * 32)])
+    obfuscation.check_unblinding(commitment, pub, "tiny-01", b"s" * 32, "ab" * 32)
+    for digest in ("", "cd" * 32):  # dropping or swapping the attestation is caught
+        with pytest.raises(obfuscation.UnblindingRejected):
+            obfuscation.check_unblinding(commitment, pub, "tiny-01", b"s" * 32, digest)

@@ -7,20 +7,15 @@ import uuid
 import pytest
 import ray
 
-from cluster import config as cfgmod
-from cluster.network import attest_all, deploy, teardown
+from cluster.network import attest_all, teardown
 from protocols import messages, receipts
 from protocols.errors import NotEnoughNodes
-from tests.conftest import request_id_drawing
+from tests.conftest import deploy_tiny, request_id_drawing, trust_roots
 
 
 @pytest.fixture(autouse=True)
 def _conserved(conserved):
     yield
-
-
-def anchors(net) -> list[bytes]:
-    return list(ray.get(net.registry.__ray_call__.remote(lambda self: self.trust_anchors)))
 
 
 def test_every_node_is_admitted_with_simulated_attestation(tiny_net):
@@ -33,7 +28,7 @@ def test_tee_mode_runs_on_one_attested_node_and_the_receipt_carries_its_evidence
     res = tiny_client.generate("confidential", mode="tee", n=1, max_tokens=8).result()
     assert res.status == "final" and len(res.summary.paid) == 1
     s = receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], res.token_ids,
-                                trusted_roots=anchors(tiny_net))
+                                trusted_roots=trust_roots(tiny_net))
     assert s.attested == {res.summary.paid[0]: "simulated"}
     with pytest.raises(receipts.ReceiptInvalid):  # a foreign root does not vouch for it
         receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], trusted_roots=[b"\x01" * 32])
@@ -42,7 +37,7 @@ def test_tee_mode_runs_on_one_attested_node_and_the_receipt_carries_its_evidence
 def test_require_tee_quorum_has_only_attested_members(tiny_net, tiny_client):
     res = tiny_client.generate("quorum of enclaves", n=3, max_tokens=6, require_tee=True).result()
     s = receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], res.token_ids,
-                                trusted_roots=anchors(tiny_net))
+                                trusted_roots=trust_roots(tiny_net))
     assert res.status == "final" and set(s.attested) == set(res.summary.paid)
 
 
@@ -55,14 +50,14 @@ def test_disputes_are_settled_by_attested_referees(tiny_net, tiny_client, behave
     ref = [d for d in draws if d["label"] == "referee"][0]
     assert ref["require_attested"] and set(ref["attestations"]) == set(ref["selected"])
     s = receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], res.token_ids,
-                                trusted_roots=anchors(tiny_net))
+                                trusted_roots=trust_roots(tiny_net))
     assert set(ref["selected"]) <= set(s.attested)
 
 
 def test_key_rotation_each_epoch_keeps_the_node_attested(tiny_net, tiny_client):
     node = "tiny-01"
     before = ray.get(tiny_net.registry.describe.remote(node))
-    [res] = attest_all(tiny_net.registry, tiny_net.executors, [node], rotate=True)
+    [res] = ray.get(tiny_net.epochs.renew.remote([node]))
     after = ray.get(tiny_net.registry.describe.remote(node))
     assert res["ok"] and after["attested"] and after["pubkey"] != before["pubkey"]
     assert after["kem_pub"] != before["kem_pub"]
@@ -74,12 +69,8 @@ def test_key_rotation_each_epoch_keeps_the_node_attested(tiny_net, tiny_client):
 # --- a small network of its own: revocations are permanent --------------------------------
 @pytest.fixture(scope="module")
 def small(ray_cluster, tmp_path_factory):
-    cfg = cfgmod.load("tiny.toml")
-    cfg.network.name = f"t-tee-{uuid.uuid4().hex[:6]}"
-    cfg.malicious = {}
-    cfg.nodes[0].count = 3
-    cfg.nodes[0].cpus = 0.05
-    net = deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("tee") / "ledger.db"))
+    net = deploy_tiny(tmp_path_factory, "t-tee", 3)
+    ray.get(net.epochs.stop.remote())  # these tests set attestation states by hand
     yield net
     teardown(net)
 

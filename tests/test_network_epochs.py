@@ -1,0 +1,79 @@
+"""Attestation epochs: the network itself rotates node keys and re-attests them,
+without a node ever leaving the TEE class and without breaking requests in flight."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+from cluster.network import teardown
+from protocols import receipts
+from tests.conftest import deploy_tiny, trust_roots
+
+EPOCH_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def epoch_net(ray_cluster, tmp_path_factory):
+    # renew 1.5 s before each 3 s epoch ends
+    net = deploy_tiny(tmp_path_factory, "t-epoch", 4, epoch_s=EPOCH_S, renew_fraction=0.5)
+    yield net
+    teardown(net)
+
+
+def nodes(net) -> dict[str, dict]:
+    return {n["node_id"]: n for n in ray.get(net.registry.list_nodes.remote())}
+
+
+def test_keys_rotate_every_epoch_while_tee_requests_keep_finalizing(epoch_net):
+    client = epoch_net.client()
+    before = nodes(epoch_net)
+    seen_keys = {nid: {n["pubkey"]} for nid, n in before.items()}
+    results = []
+    t_end = time.time() + 2.5 * EPOCH_S
+    while time.time() < t_end:  # requests in flight across the switches, four at a time
+        handles = client.generate_many([f"epoch {i}" for i in range(4)], n=3, max_tokens=6, require_tee=True)
+        results += client.results(handles)
+        for nid, n in nodes(epoch_net).items():
+            seen_keys[nid].add(n["pubkey"])
+            assert n["attested"], f"{nid} fell out of the TEE class during a renewal"
+    after = nodes(epoch_net)
+    assert all(after[n]["epoch"] >= before[n]["epoch"] + 2 for n in after)  # renewed, every epoch
+    assert all(len(keys) >= 3 for keys in seen_keys.values())  # with fresh keys each time
+    assert all(after[n]["attestation"]["reason"] == "ok" for n in after)
+    assert results and all(r.status == "final" and not r.summary.slashed for r in results)
+    roots = trust_roots(epoch_net)
+    for r in results[-4:]:  # each receipt carries the evidence for the keys its members signed with
+        s = receipts.verify_receipt(r.receipt, [client.aggregator_key], r.token_ids, trusted_roots=roots)
+        assert set(s.attested) == set(s.paid)
+
+
+def set_tcb(net, node_id: str, version: int) -> None:
+    """The node's firmware changes (simulated provider: the TCB version it reports)."""
+    ray.get(net.executors[node_id].__ray_call__.remote(
+        lambda ex: ex.attestation_spec.__setitem__("tcb_version", version)))
+
+
+def test_a_node_that_fails_renewal_leaves_the_tee_class_at_once_but_keeps_serving(epoch_net):
+    client = epoch_net.client()
+    victim = "tiny-03"
+    ray.get(epoch_net.epochs.stop.remote())
+    try:
+        old_key = nodes(epoch_net)[victim]["pubkey"]
+        set_tcb(epoch_net, victim, 0)  # downgraded below the policy's minimum
+        [res] = ray.get(epoch_net.epochs.renew.remote([victim]))
+        assert not res["ok"] and res["reason"] == "tcb-too-old"
+        now = nodes(epoch_net)[victim]
+        assert not now["attested"] and now["pubkey"] == old_key  # out of the class, old keys kept
+        for _ in range(6):
+            assert victim not in client.generate("tee", mode="tee", n=1, max_tokens=2).result().summary.paid
+        out = client.generate("plain", n=4, max_tokens=2).result()  # non-TEE service still uses it
+        assert out.status == "final" and victim in out.summary.paid
+        set_tcb(epoch_net, victim, 3)
+        [res] = ray.get(epoch_net.epochs.renew.remote([victim]))
+        assert res["ok"] and nodes(epoch_net)[victim]["attested"]  # fixed firmware: back in the class
+    finally:
+        set_tcb(epoch_net, victim, 3)
+        ray.get(epoch_net.epochs.start.remote())
