@@ -17,13 +17,14 @@ import uuid
 
 from protocols import selection
 
-# (prompt, N, cheater in the draw?, mode, p)
+# (prompt, N, cheater in the draw?, mode, p, require TEE)
 PROMPTS = [
-    ("What is the capital of France?", 1, "avoid", "sampling", None),
-    ("Give me one tip for writing clear code.", 3, "avoid", "sampling", None),
-    ("Name three primary colors.", 2, "include", "sampling", None),
-    ("What is 2 + 2?", 2, "avoid", "cross-validation", 1.0),
-    ("Name a large ocean.", 2, "avoid", "obfuscated", None),
+    ("What is the capital of France?", 1, "avoid", "sampling", None, False),
+    ("Give me one tip for writing clear code.", 3, "avoid", "sampling", None, False),
+    ("Name three primary colors.", 2, "include", "sampling", None, False),
+    ("What is 2 + 2?", 2, "avoid", "cross-validation", 1.0, False),
+    ("Name a large ocean.", 2, "avoid", "obfuscated", None, False),
+    ("Write a haiku about privacy.", 2, "avoid", "sampling", None, True),
 ]
 
 
@@ -59,19 +60,25 @@ def run_demo(args) -> int:
     nodes = ray.get(net.registry.list_nodes.remote())
     report = []
     try:
-        for prompt, n, how, mode, p in PROMPTS:
+        for prompt, n, how, mode, p, tee in PROMPTS:
+            if tee and not cfg.attestation.enabled:
+                continue
             pool = sorted(x["node_id"] for x in nodes if x["live"] and x["stake"] >= cfg.economics.min_stake)
             drawn = {"cross-validation": 1, "obfuscated": n + 1}.get(mode, n)
             if drawn > len(pool):
                 continue
             rid = steer(beacon, pool, drawn, set(cfg.malicious), how) if cfg.malicious else None
-            h = client.generate(prompt, n=n, max_tokens=args.max_tokens, request_id=rid, mode=mode, p=p)
+            h = client.generate(prompt, n=n, max_tokens=args.max_tokens, request_id=rid, mode=mode, p=p,
+                                require_tee=tee)
             first = h.first_output()
             if first is not None:
                 print(f"\n  [{first.seconds:.2f}s] first output from {first.node_id} (provisional): {first.text!r}")
             res = h.result()
             label = {"sampling": f"N={n}", "cross-validation": f"cross-validation N={n} p={p}, {res.branch}",
                      "obfuscated": f"obfuscated N+1={n + 1}"}[mode]
+            if tee:
+                kinds = sorted(set((res.summary.attested or {}).values()))
+                label += f", --require-tee: prompt and output sealed, members attested ({', '.join(kinds)})"
             print_result(res, f"{prompt}   ({label})")
             if res.methods and mode == "cross-validation":
                 print("  verified by : " + ", ".join(f"{k} {v}" for k, v in sorted(res.methods.items())))
