@@ -326,7 +326,26 @@ class Aggregator:
         except Exception:  # an error counts as no answer
             await self._run(live, live.round.on_failure(nid, time.time()))
             return
+        if isinstance(res, dict) and "refusal" in res:
+            await self._accept_refusal(live, nid, res["refusal"])
+            return
         await self._accept_result(live, nid, res)
+
+    async def _accept_refusal(self, live: Live, nid: str, raw: bytes) -> None:
+        """A member says the client's sealed prompt does not open for it. Only a sealed
+        request can be refused, and only attested members serve those, so the refusal
+        ends the round unresolved (escrow refunded) and nobody is slashed for it."""
+        try:
+            env = messages.open_envelope(raw, "refusal")
+            self._check_member_msg(live, env, nid)
+            if not live.request.body["sealed"]:
+                raise MessageError("only a sealed prompt can be refused")
+            self.guard.check_and_record(env)
+        except Exception:
+            await self._run(live, live.round.on_failure(nid, time.time()))
+            return
+        live.msgs["refusal"] += 1
+        await self._run(live, live.round.abort(f"{nid} refused the client's sealed prompt: {env.body['reason']}"))
 
     async def _accept_result(self, live: Live, nid: str, res: Any) -> None:
         rnd = live.round
@@ -407,6 +426,11 @@ class Aggregator:
         env = messages.open_envelope(raw, "reveal")
         live = await self._pushed(env.request_id, env.body["node_id"])
         await self._accept_reveal(live, env.body["node_id"], raw)
+
+    async def obf_refusal(self, raw: bytes) -> None:
+        env = messages.open_envelope(raw, "refusal")
+        live = await self._pushed(env.request_id, env.body["node_id"])
+        await self._accept_refusal(live, env.body["node_id"], raw)
 
     async def obf_failure(self, request_id: str, pseudonym: str) -> None:
         live = await self._pushed(request_id, pseudonym)

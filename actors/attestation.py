@@ -74,8 +74,22 @@ def code_hash(root: Path | str | None = None) -> str:
     Covers every .py file of the protocols, actors and cluster packages, sorted by
     path relative to the package's parent, each as (relative path, SHA-256 of the
     content). `root` is a directory holding those packages (default: wherever
-    they are imported from).
+    they are imported from). Without `root` the value is measured once per process,
+    like a TEE measures at launch: it describes the code this process loaded, even if
+    the files change later.
     """
+    if root is None:
+        if _CODE_HASH:
+            return _CODE_HASH[0]
+        _CODE_HASH.append(_measure(None))
+        return _CODE_HASH[0]
+    return _measure(root)
+
+
+_CODE_HASH: list[str] = []
+
+
+def _measure(root: Path | str | None) -> str:
     entries = []
     for pkg in MEASURED_PACKAGES:
         if root is not None:

@@ -22,7 +22,7 @@ from protocols.canonical import pack
 from protocols.crypto import SigningKey
 from protocols.sealing import KemKey
 from protocols.determinism import class_id
-from protocols.errors import MessageError, ModelHashMismatch, NodeError, UnknownRequest
+from protocols.errors import MessageError, ModelHashMismatch, NodeError, SealedPromptRejected, UnknownRequest
 from protocols.params import SamplingParams
 
 BEHAVIOURS = {
@@ -66,7 +66,10 @@ class NodeExecutor:
     async def ready(self) -> dict:
         """Load the engine (once) and describe this node for admission."""
         if self.engine is None:
+            from actors.attestation import code_hash
             from actors.engines import make_engine
+
+            code_hash()  # measured at launch: the code this process runs
 
             engine = make_engine(self.engine_spec)
             if not self.engine_spec.get("encrypted_path"):  # encrypted weights wait for `unlock`
@@ -172,7 +175,12 @@ class NodeExecutor:
             raise MessageError("request not signed by the client it names")
         if body["sealed"]:
             sealed, rid = prompt, body["request_id"]
-            prompt = self._open_sealed(lambda kem: sealing.open_prompt(sealed, rid, self.node_id, kem))
+            try:
+                prompt = self._open_sealed(lambda kem: sealing.open_prompt(sealed, rid, self.node_id, kem))
+            except (sealing.SealError, MessageError, TypeError, KeyError) as exc:
+                raise SealedPromptRejected(f"sealed prompt does not open for {self.node_id}: {exc}") from None
+            if commitments.prompt_hash(prompt, body["nonce"]) != body["prompt_hash"]:
+                raise SealedPromptRejected("sealed prompt does not match the signed prompt hash")
         if not isinstance(prompt, str) or commitments.prompt_hash(prompt, body["nonce"]) != body["prompt_hash"]:
             raise MessageError("prompt does not match the signed prompt hash")
         if self.behaviour in ("honest", "substitute", "requantize") and body["model_hash"] != self.engine.model_hash():
@@ -239,7 +247,10 @@ class NodeExecutor:
         makes prefill unsure, the node regenerates and commits to its own output.
         `signer`: the public key the draw named (keys rotate between epochs)."""
         key = self._signer(signer)
-        req, prompt = self._check_request(request_raw, prompt)
+        try:
+            req, prompt = self._check_request(request_raw, prompt)
+        except SealedPromptRejected as exc:  # a signed refusal, so nobody takes it for a timeout
+            return {"refusal": _refusal(request_raw, self.node_id, role, key, exc)}
         out = await self._run(req.body, prompt, claimed)
         return await self._commit(req.body, self.node_id, role, key, *out)
 
@@ -266,10 +277,14 @@ class NodeExecutor:
         req = messages.open_envelope(request_raw, "request")
         ticket = self._open_sealed(
             lambda kem: obfuscation.open_ticket(sealed_ticket, req.request_id, kem, selector_public))
-        req, prompt = self._check_request(request_raw, prompt)
-        body = req.body
         signer = ticket.key
         pid = obfuscation.pseudonym_id(signer.public)
+        try:
+            req, prompt = self._check_request(request_raw, prompt)
+        except SealedPromptRejected as exc:
+            await self._aggregator().obf_refusal.remote(_refusal(request_raw, pid, ticket.role, signer, exc))
+            return {"pseudonym": pid}
+        body = req.body
         self._inbox.append((body["request_id"], sealed_ticket, ""))
         out = await self._run(body, prompt, None)
         res = await self._commit(body, pid, ticket.role, signer, *out)
@@ -310,3 +325,9 @@ class NodeExecutor:
                 return others[0]
             await asyncio.sleep(0.02)
         return None
+
+
+def _refusal(request_raw: bytes, member_id: str, role: str, signer: SigningKey, why: Exception) -> bytes:
+    rid = messages.open_envelope(request_raw, "request").request_id
+    return messages.seal("refusal", {"request_id": rid, "node_id": member_id, "role": role, "reason": str(why),
+                                     "nonce": os.urandom(16)}, signer).raw

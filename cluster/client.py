@@ -94,7 +94,8 @@ class RequestHandle:
             body = messages.open_envelope(fin["receipt"], "receipt").body["decision"]
             out = self.client.open_output(out, self.request_id, body["output_node"])
         summary = receipts.verify_receipt(fin["receipt"], [self.client.aggregator_key],
-                                          out["token_ids"] if out is not None and fin["status"] in ("final", "resolved") else None)
+                                          out["token_ids"] if out is not None and fin["status"] in ("final", "resolved") else None,
+                                          trusted_roots=self.client.trust_roots)
         tm = fin["timings"]
         ttfo = (self._first.seconds if self._first else
                 (tm["first_output"] - tm["submitted"]) if "first_output" in tm else None)
@@ -107,7 +108,10 @@ class RequestHandle:
 class Client:
     """Signs requests with its own Ed25519 key; its id is derived from that key."""
 
-    def __init__(self, network: Any, key_seed: bytes | None = None):
+    def __init__(self, network: Any, key_seed: bytes | None = None, trust_roots: list[bytes] | None = None):
+        """trust_roots: attestation root keys this client trusts (pin them in production);
+        by default the network's own, fetched once. Every attested member's evidence in
+        a receipt, and every node a TEE prompt is sealed to, must chain to one of them."""
         self.network = network
         self.config = network.config
         self.aggregator = network.aggregator
@@ -115,6 +119,10 @@ class Client:
         self.kem = KemKey(os.urandom(32))  # outputs of TEE requests are sealed to this key
         self.client_id = messages.client_id_of(self.key.public)
         self.aggregator_key = ray.get(self.aggregator.pubkey.remote())
+        if trust_roots is None:
+            trust_roots = ray.get(network.registry.__ray_call__.remote(lambda reg: list(reg.trust_anchors)))
+        self.trust_roots = [bytes(r) for r in trust_roots]
+        self.allow_simulated = bool(self.config.attestation.allow_simulated)
         ray.get(self.aggregator.register_client.remote(self.key.public))
         self._hashes = dict(network.model_hashes)
 
@@ -155,20 +163,26 @@ class Client:
         """Seal the prompt to every node whose attestation we verified (any may be drawn)."""
         from protocols import sealing
 
-        recipients = self.attested_recipients(model) if recipients is None else recipients
+        if recipients is None:
+            recipients = self.attested_recipients(model)
+            if not recipients:
+                from protocols.attestation import AttestationError
+
+                raise AttestationError(f"no node of {model!r} has attestation that verifies under this "
+                                       "client's trust roots: nothing to seal the prompt to")
         return sealing.seal_prompt(prompt, request_id, recipients, os.urandom(32), os.urandom(12))
 
     def attested_recipients(self, model: str) -> dict[str, bytes]:
         """node id -> HPKE key, for each node whose evidence verifies and binds that key."""
         from protocols import attestation
 
-        roots = ray.get(self.network.registry.__ray_call__.remote(lambda reg: reg.trust_anchors))
         recipients = {}
         for node in ray.get(self.network.registry.attested_nodes.remote(model)):
             rep = attestation.evidence_report(node["evidence"])
             binding = attestation.ExpectedBinding(rep["signing_pub"], rep["kem_pub"], rep["nonce"])
-            res = attestation.verify(node["evidence"], binding, attestation.Policy(
-                allow_simulated=True, max_age_s=1e12, max_clock_skew_s=1e12), roots, float(rep["issued_at"]))
+            res = attestation.verify(node["evidence"], binding, attestation.Policy(  # freshness: the registry's
+                allow_simulated=self.allow_simulated, max_age_s=1e12, max_clock_skew_s=1e12),
+                self.trust_roots, float(rep["issued_at"]))
             if res.ok and rep["kem_pub"] == node["kem_pub"]:
                 recipients[node["node_id"]] = node["kem_pub"]
         return recipients

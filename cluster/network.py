@@ -82,17 +82,28 @@ def engine_spec(model: ModelSection, threads: int, sealed: dict | None = None) -
 
 
 def encrypt_weights(model: ModelSection, path: str) -> bytes:
-    """Write the model's weights AES-256-GCM encrypted to `path`; return the key."""
+    """Seal the model's weights (AES-256-GCM, fresh key) at `path`; return the key.
+
+    tiny: one encrypted safetensors file. smollm2: a package directory (see
+    actors.engines.sealed_package) made from the converted cache, bound to the
+    model id and the registered GGUF hash.
+    """
+    opts = model.options
+    if model.engine == "smollm2":
+        from actors.engines.sealed_package import write_package
+        from actors.engines.smollm2 import ensure_converted
+
+        src = ensure_converted(opts.get("gguf_path"), opts.get("cache_dir"))  # the owner converts once
+        return write_package(src, path, model.id, model_hash(model))
+    if model.engine != "tiny":
+        raise ConfigError(f"models[{model.id}]: encrypted_weights is supported for the tiny and smollm2 engines")
     from dataclasses import fields
 
     from actors.engines.tiny import TinyConfig, weights_path
     from protocols.sealing import encrypt_blob
 
-    if model.engine != "tiny":
-        raise ConfigError(f"models[{model.id}]: encrypted_weights is supported for the tiny engine only")
     shape = {f.name for f in fields(TinyConfig)}
-    plain = weights_path(TinyConfig(**{k: v for k, v in model.options.items() if k in shape}),
-                         model.options.get("cache_dir"))
+    plain = weights_path(TinyConfig(**{k: v for k, v in opts.items() if k in shape}), opts.get("cache_dir"))
     key = os.urandom(32)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "wb") as f:

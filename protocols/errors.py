@@ -67,6 +67,11 @@ class UnknownRequest(RequestError):
     """No round with that request id."""
 
 
+class SealedPromptRejected(RequestError):
+    """A sealed prompt does not open for the node, or its plaintext does not match the
+    signed prompt hash: the client's fault, which only the (attested) node can see."""
+
+
 # --- nodes and selection -------------------------------------------------------
 class NodeError(VerinferError):
     """Node admission or lookup failed."""

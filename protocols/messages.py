@@ -70,6 +70,15 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
         "salt": (bytes,),
         "nonce": (bytes,),
     },
+    # node -> aggregator instead of a result: the client's sealed prompt does not
+    # open for this node or does not match its hash (only an attested node can tell).
+    "refusal": {
+        "request_id": (str,),
+        "node_id": (str,),
+        "role": (str,),
+        "reason": (str,),
+        "nonce": (bytes,),
+    },
     # aggregator -> anyone: the signed, self-contained outcome.
     "receipt": {
         "request_id": (str,),

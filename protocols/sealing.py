@@ -124,3 +124,59 @@ def decrypt_blob(blob: bytes, key: bytes, aad: bytes) -> bytes:
 
 def weights_key_info(model_id: str, node_id: str) -> bytes:
     return WEIGHTS_INFO + model_id.encode() + b"|" + node_id.encode()
+
+
+# --- large weights at rest, sealed in place -------------------------------------------
+# Sealed form: header (WEIGHTS_MAGIC, 12-byte nonce, 16-byte GCM tag) then the
+# ciphertext, as long as the plaintext. The header comes first so a reader can
+# decrypt straight into memory it chose (e.g. page-aligned) with no second copy.
+WEIGHTS_MAGIC = b"VRFW\x00GCM"
+WEIGHTS_HEADER_LEN = len(WEIGHTS_MAGIC) + 12 + 16
+
+
+def weights_aad(model_id: str, model_hash: str, files_digest: str = "") -> bytes:
+    """What sealed weights are bound to: the model id, the registered model hash and
+    the digest of the package's plaintext files (config, tokenizer)."""
+    return WEIGHTS_INFO + model_id.encode() + b"|" + model_hash.encode() + b"|" + files_digest.encode()
+
+
+def _byte_view(buf) -> memoryview:
+    mv = memoryview(buf)
+    if mv.readonly:
+        raise TypeError("weights are sealed and opened in place: pass a writable buffer")
+    return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+
+
+def seal_weights(buf, key: bytes, nonce: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM-encrypt the writable buffer `buf` in place; return the header
+    that precedes the ciphertext in the sealed form."""
+    from Crypto.Cipher import AES
+
+    if len(key) != 32 or len(nonce) != 12:
+        raise ValueError("weights are sealed with a 32-byte key and a 12-byte nonce")
+    mv = _byte_view(buf)
+    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+    cipher.update(aad)
+    cipher.encrypt(mv, output=mv)
+    return WEIGHTS_MAGIC + nonce + cipher.digest()
+
+
+def open_weights(header: bytes, buf, key: bytes, aad: bytes) -> None:
+    """Decrypt in place what `seal_weights` sealed. A wrong key, wrong `aad` or
+    tampered bytes raise SealError, and `buf` is zeroed (no unverified plaintext)."""
+    from Crypto.Cipher import AES
+
+    if len(header) != WEIGHTS_HEADER_LEN or not header.startswith(WEIGHTS_MAGIC):
+        raise SealError("not sealed weights (bad header)")
+    nonce, tag = header[len(WEIGHTS_MAGIC):-16], header[-16:]
+    mv = _byte_view(buf)
+    try:
+        cipher = AES.new(bytes(key), AES.MODE_GCM, nonce=nonce)
+        cipher.update(aad)
+        cipher.decrypt(mv, output=mv)
+        cipher.verify(tag)
+    except (ValueError, TypeError) as exc:
+        zero = bytes(min(len(mv), 1 << 20))
+        for i in range(0, len(mv), len(zero)):
+            mv[i:i + len(zero)] = zero[:len(mv) - i]
+        raise SealError(f"encrypted weights do not open: {exc}") from None

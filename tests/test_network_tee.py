@@ -9,6 +9,7 @@ import ray
 
 from cluster.network import attest_all, teardown
 from protocols import messages, receipts
+from protocols.attestation import AttestationError
 from protocols.errors import NotEnoughNodes
 from tests.conftest import deploy_tiny, request_id_drawing, trust_roots
 
@@ -113,7 +114,7 @@ def test_revocation_removes_nodes_from_selection_at_once(small):
     assert attest_all(small.registry, small.executors, ["tiny-00"])[0]["reason"] == "revoked-device"
     hit = ray.get(small.registry.revoke.remote((3,), ()))  # every node reports TCB 3
     assert sorted(hit) == ["tiny-01", "tiny-02"]
-    with pytest.raises(NotEnoughNodes):
+    with pytest.raises(AttestationError):  # the client finds no attested node to seal the prompt to
         client.generate("z", mode="tee", n=1, max_tokens=2)
     assert client.generate("z", n=1, max_tokens=2).result().status == "final"  # non-TEE service goes on
 
@@ -168,3 +169,27 @@ def test_weights_are_encrypted_on_disk_and_decrypt_only_with_the_released_key(ti
         locked.load(weights_key=os.urandom(32))
     # the serving node holds the key only in memory, obtained by proving its attestation
     assert ray.get(tiny_net.executors["tiny-00"].__ray_call__.remote(lambda ex: ex._weights_key is not None))
+
+
+# --- a client's bad sealed prompt is the client's fault, never the nodes' --------------------
+@pytest.mark.parametrize("mode,bad", [("sampling", "other-prompt"), ("sampling", "no-recipient"),
+                                      ("obfuscated", "other-prompt")])
+def test_a_sealed_prompt_that_does_not_open_ends_the_round_and_slashes_nobody(tiny_net, tiny_client, mode, bad):
+    before = ray.get(tiny_net.ledger.balances.remote("collateral/"))
+    raw, rid = tiny_client.build_request("the prompt I signed", mode=mode, n=2, max_tokens=4, require_tee=True)
+    recipients = {} if bad == "no-recipient" else None
+    blob = tiny_client.seal_for_attested("a prompt I did not sign", rid, tiny_net.config.default_model, recipients)
+    res = tiny_client.submit_raw(raw, blob).result()
+    assert res.status == "unresolved" and not res.summary.slashed and not res.summary.paid
+    detail = messages.open_envelope(res.receipt, "receipt").body["decision"]["detail"]
+    assert "refused the client's sealed prompt" in detail
+    assert ray.get(tiny_net.ledger.balances.remote("collateral/")) == before  # no honest node pays for it
+
+
+def test_a_client_that_trusts_another_root_seals_to_nobody_and_says_so(tiny_net):
+    from protocols.attestation import AttestationError
+
+    stranger = tiny_net.client(trust_roots=[b"\x01" * 32])
+    with pytest.raises(AttestationError, match="trust roots"):
+        stranger.generate("only for enclaves I trust", n=2, max_tokens=2, require_tee=True)
+    assert stranger.generate("plain", n=1, max_tokens=2).result().status == "final"  # non-TEE unaffected

@@ -11,6 +11,12 @@ a local directory with ``local_files_only=True``.
 The registry records the model by the SHA-256 of the GGUF file's bytes:
 `smollm2_model_hash()` computes it without loading anything.
 
+Weights at rest (``encrypted_path``): the model owner seals the converted cache
+into a package (`sealed_package`); a node reads only that package, reports the
+registered hash it was given, and `load` needs the key the registry releases
+after attestation. The weights are decrypted in memory and the model is built
+from the same tensors, so its outputs are bit-identical to the plaintext load.
+
 Decoding rule (versioned by ENGINE_VERSION; part of the fingerprint):
   * prompt: with chat_template=True the tokenizer's ChatML template (SmolLM2's own,
     which prepends its default system message when none is given) is rendered
@@ -48,7 +54,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from protocols.errors import PromptTooLarge, RequestError
+from protocols.errors import ModelHashMismatch, ModelLocked, PromptTooLarge, RequestError
 
 from . import decoding, gguf_cache
 from .base import HONEST, VARIANTS, Generation
@@ -141,6 +147,34 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     gc.collect()
 
 
+def _ensure_converted(gguf_path: Path, cache_dir: Path, verify: bool = True) -> tuple[Path, bool]:
+    import torch
+
+    gguf_hash = smollm2_model_hash(gguf_path)
+    meta = {
+        "source": "gguf",
+        "source_name": gguf_path.name,
+        "transformers": _pkg_version("transformers"),
+        "gguf": _pkg_version("gguf"),
+        "torch": str(torch.__version__),
+    }
+    return gguf_cache.ensure_cache_dir(
+        cache_dir / f"{CACHE_PREFIX}-{gguf_hash[:16]}",
+        lambda tmp: convert_gguf(gguf_path, tmp),
+        source_sha256=gguf_hash,
+        meta=meta,
+        verify=verify,
+    )
+
+
+def ensure_converted(gguf_path: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                     verify: bool = True) -> Path:
+    """The converted (HF-format, float32) cache dir of a GGUF, converting it once if needed."""
+    gguf = Path(gguf_path) if gguf_path is not None else default_gguf_path()
+    root = Path(cache_dir).expanduser() if cache_dir else gguf_cache.default_cache_dir()
+    return _ensure_converted(gguf, root, verify)[0]
+
+
 class _quiet_transformers:
     """Silence transformers' progress bars and info logs for the duration of a load."""
 
@@ -208,6 +242,9 @@ class SmolLM2Engine:
         chat_template: bool = True,
         max_prompt_tokens: int = 1024,
         verify_cache: bool = True,
+        encrypted_path: str | None = None,
+        expected_hash: str | None = None,
+        model_id: str = ENGINE_NAME,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -215,9 +252,18 @@ class SmolLM2Engine:
             raise ValueError("threads must be a positive integer")
         if not isinstance(max_prompt_tokens, int) or max_prompt_tokens < 1:
             raise ValueError("max_prompt_tokens must be a positive integer")
-        self.gguf_path = Path(gguf_path) if gguf_path is not None else default_gguf_path()
-        if not self.gguf_path.is_file():
-            raise FileNotFoundError(f"GGUF file not found: {self.gguf_path}")
+        if encrypted_path and not expected_hash:
+            raise ValueError("encrypted weights need expected_hash (the registered GGUF hash)")
+        # weights at rest: a sealed package (sealed_package); the key comes after attestation
+        self.encrypted_path = Path(encrypted_path) if encrypted_path else None
+        self.expected_hash = expected_hash
+        self.model_id = model_id
+        if self.encrypted_path is not None:  # a node host holds the package, not the GGUF
+            self.gguf_path = Path(gguf_path) if gguf_path is not None else None
+        else:
+            self.gguf_path = Path(gguf_path) if gguf_path is not None else default_gguf_path()
+            if not self.gguf_path.is_file():
+                raise FileNotFoundError(f"GGUF file not found: {self.gguf_path}")
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else gguf_cache.default_cache_dir()
         self.threads = threads
         self.dtype = dtype
@@ -238,8 +284,11 @@ class SmolLM2Engine:
     def model_hash(self) -> str:
         """Hex SHA-256 of the GGUF file (the honest weights), whatever the variant.
 
-        After load() this is the hash of the GGUF the loaded weights came from.
+        After load() this is the hash of the GGUF the loaded weights came from; with
+        encrypted weights it is the registered hash the package is sealed to.
         """
+        if self.encrypted_path is not None:
+            return self.expected_hash
         if self._model_hash is not None:
             return self._model_hash
         return smollm2_model_hash(self.gguf_path)
@@ -279,38 +328,18 @@ class SmolLM2Engine:
         if not torch.are_deterministic_algorithms_enabled():
             torch.use_deterministic_algorithms(True)
 
-    def load(self, variant: str = HONEST) -> None:
+    def load(self, variant: str = HONEST, weights_key: bytes | None = None) -> None:
+        """Load the weights (plaintext GGUF cache, or the sealed package with
+        `weights_key`) and apply `variant`."""
         if variant not in VARIANTS:
             raise NotImplementedError(f"unknown variant {variant!r}")
         t0 = time.perf_counter()
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self._apply_determinism()
-        gguf_hash = smollm2_model_hash(self.gguf_path)
-        final = self.cache_dir / f"{CACHE_PREFIX}-{gguf_hash[:16]}"
-        meta = {
-            "source": "gguf",
-            "source_name": self.gguf_path.name,
-            "transformers": _pkg_version("transformers"),
-            "gguf": _pkg_version("gguf"),
-            "torch": str(torch.__version__),
-        }
-        path, built = gguf_cache.ensure_cache_dir(
-            final,
-            lambda tmp: convert_gguf(self.gguf_path, tmp),
-            source_sha256=gguf_hash,
-            meta=meta,
-            verify=self.verify_cache,
-        )
-        with _quiet_transformers():
-            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path),
-                local_files_only=True,
-                dtype=_torch_dtype(self.dtype),
-                attn_implementation=ATTN_IMPLEMENTATION,
-            )
+        if self.encrypted_path is not None:
+            model, tok = self._load_sealed(weights_key)
+            path, built, weights_hash = None, False, self.expected_hash
+        else:
+            model, tok, path, built, weights_hash = self._load_plain()
         model.eval()
         model.requires_grad_(False)
         if variant == "requantize":
@@ -329,11 +358,60 @@ class SmolLM2Engine:
         self._stop_ids = frozenset(int(t) for t in stop)
         self._max_positions = int(getattr(model.config, "max_position_embeddings", 8192))
         self._model, self._tok = model, tok
-        self._model_hash = gguf_hash
+        self._model_hash = weights_hash
         self._variant = variant
         self.cache_path = path
         self.converted_on_load = built
         self.load_seconds = time.perf_counter() - t0
+
+    def _load_plain(self):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf_hash = smollm2_model_hash(self.gguf_path)
+        if self.expected_hash is not None and gguf_hash != self.expected_hash:
+            raise ModelHashMismatch(f"GGUF hash {gguf_hash[:16]}… != registered {self.expected_hash[:16]}…")
+        path, built = _ensure_converted(self.gguf_path, self.cache_dir, self.verify_cache)
+        with _quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path),
+                local_files_only=True,
+                dtype=_torch_dtype(self.dtype),
+                attn_implementation=ATTN_IMPLEMENTATION,
+            )
+        return model, tok, path, built, gguf_hash
+
+    def _load_sealed(self, weights_key: bytes | None):
+        """Model and tokenizer from the sealed package; the weights exist only in memory."""
+        if weights_key is None:
+            raise ModelLocked("weights are encrypted at rest; the key is released only to attested executors")
+        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoTokenizer
+
+        from .sealed_package import open_package
+
+        pkg = str(self.encrypted_path)
+        state = open_package(pkg, weights_key, self.model_id, self.expected_hash)
+        try:
+            with _quiet_transformers():
+                config = AutoConfig.from_pretrained(pkg, local_files_only=True)
+                # the loader from_pretrained(<dir>) runs, fed the decrypted tensors (tied
+                # embeddings, dtype and attention set up exactly as for the plaintext cache)
+                model, info = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
+                    None,
+                    config=config,
+                    state_dict=state,
+                    dtype=_torch_dtype(self.dtype),
+                    attn_implementation=ATTN_IMPLEMENTATION,
+                    output_loading_info=True,
+                )
+                tok = AutoTokenizer.from_pretrained(pkg, local_files_only=True)
+        finally:
+            del state
+            gc.collect()
+        if info.get("missing_keys") or info.get("unexpected_keys"):
+            raise ValueError(f"sealed weights do not fit the package's config: missing "
+                             f"{sorted(info['missing_keys'])[:3]}, unexpected {sorted(info['unexpected_keys'])[:3]}")
+        return model, tok
 
     def _require_loaded(self) -> None:
         if self._model is None or self._tok is None:
