@@ -72,8 +72,11 @@ class NodeExecutor:
             code_hash()  # measured at launch: the code this process runs
 
             engine = make_engine(self.engine_spec)
-            if not self.engine_spec.get("encrypted_path"):  # encrypted weights wait for `unlock`
-                await asyncio.get_running_loop().run_in_executor(self._pool, engine.load, self._variant())
+            loop = asyncio.get_running_loop()
+            if not self.engine_spec.get("encrypted_path"):
+                await loop.run_in_executor(self._pool, engine.load, self._variant())
+            elif hasattr(engine, "prepare"):  # encrypted weights wait for `unlock`; the rest need not
+                await loop.run_in_executor(self._pool, engine.prepare)
             self.engine = engine
         fp = self.engine.fingerprint()
         import ray

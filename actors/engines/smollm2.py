@@ -271,6 +271,7 @@ class SmolLM2Engine:
         self.max_prompt_tokens = max_prompt_tokens
         self.verify_cache = verify_cache
         self._variant: str | None = None
+        self._prepared = None  # sealed package: (config, tokenizer), read before the key arrives
         self._model_hash: str | None = None
         self._model = None
         self._tok = None
@@ -381,36 +382,49 @@ class SmolLM2Engine:
             )
         return model, tok, path, built, gguf_hash
 
+    def prepare(self):
+        """Sealed package: read its non-secret part (config, tokenizer) ahead of the key,
+        so unlocking costs only decryption. Returns (config, tokenizer)."""
+        if self._prepared is None:
+            from transformers import AutoConfig, AutoTokenizer
+
+            pkg = str(self.encrypted_path)
+            with _quiet_transformers():
+                self._prepared = (AutoConfig.from_pretrained(pkg, local_files_only=True),
+                                  AutoTokenizer.from_pretrained(pkg, local_files_only=True))
+        return self._prepared
+
     def _load_sealed(self, weights_key: bytes | None):
         """Model and tokenizer from the sealed package; the weights exist only in memory."""
         if weights_key is None:
             raise ModelLocked("weights are encrypted at rest; the key is released only to attested executors")
-        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        try:
+            from transformers.initialization import no_init_weights
+        except ImportError:  # older transformers
+            from transformers.modeling_utils import no_init_weights
 
         from .sealed_package import open_package
 
-        pkg = str(self.encrypted_path)
-        state = open_package(pkg, weights_key, self.model_id, self.expected_hash)
+        config, tok = self.prepare()
+        state = open_package(str(self.encrypted_path), weights_key, self.model_id, self.expected_hash)
+        dtype = _torch_dtype(self.dtype)
         try:
-            with _quiet_transformers():
-                config = AutoConfig.from_pretrained(pkg, local_files_only=True)
-                # the loader from_pretrained(<dir>) runs, fed the decrypted tensors (tied
-                # embeddings, dtype and attention set up exactly as for the plaintext cache)
-                model, info = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
-                    None,
-                    config=config,
-                    state_dict=state,
-                    dtype=_torch_dtype(self.dtype),
-                    attn_implementation=ATTN_IMPLEMENTATION,
-                    output_loading_info=True,
-                )
-                tok = AutoTokenizer.from_pretrained(pkg, local_files_only=True)
+            # the architecture without initialising it (~2x faster than from_pretrained with a
+            # state_dict), then the decrypted tensors themselves, shared rather than copied
+            with no_init_weights():
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
+            state = {k: (v if v.dtype == dtype or not v.is_floating_point() else v.to(dtype)) for k, v in state.items()}
+            res = model.load_state_dict(state, strict=False, assign=True)
         finally:
             del state
             gc.collect()
-        if info.get("missing_keys") or info.get("unexpected_keys"):
+        tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+        if set(res.missing_keys) - tied or res.unexpected_keys:
             raise ValueError(f"sealed weights do not fit the package's config: missing "
-                             f"{sorted(info['missing_keys'])[:3]}, unexpected {sorted(info['unexpected_keys'])[:3]}")
+                             f"{sorted(set(res.missing_keys) - tied)[:3]}, unexpected {sorted(res.unexpected_keys)[:3]}")
+        model.tie_weights()
         return model, tok
 
     def _require_loaded(self) -> None:
