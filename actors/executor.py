@@ -100,9 +100,9 @@ class NodeExecutor:
 
     def attest(self, nonce: bytes) -> bytes:
         """Evidence binding this node's current keys and the verifier's nonce."""
-        return self._evidence(self.key.public, self.kem.public, nonce)
+        return self._evidence(self.key, self.kem.public, nonce)
 
-    def _evidence(self, signing_pub: bytes, kem_pub: bytes, nonce: bytes) -> bytes:
+    def _evidence(self, signing_key: SigningKey, kem_pub: bytes, nonce: bytes) -> bytes:
         from actors.attestation import NvidiaGpuProvider, SimulatedProvider, code_hash
 
         spec = self.attestation_spec
@@ -111,18 +111,18 @@ class NodeExecutor:
         if spec.get("provider") == "simulated":
             provider = SimulatedProvider(spec["root_seed"], self.node_id, measurements, spec.get("tcb_version", 1))
         elif spec.get("provider") == "nvidia":
-            provider = NvidiaGpuProvider(self.key, measurements, spec.get("nras_url", ""))
+            provider = NvidiaGpuProvider(signing_key, measurements, spec.get("nras_url", ""))
         else:
             raise NotImplementedError(f"node {self.node_id} has no attestation provider")
-        return provider.evidence(signing_pub, kem_pub, nonce)
+        return provider.evidence(signing_key.public, kem_pub, nonce)
 
     # --- key rotation: prepare (attest the new keys) -> registry switches -> commit
     def prepare_rotation(self, nonce: bytes) -> dict:
         """Fresh keys for the next epoch and evidence binding them; the current keys
         stay in use until `commit_rotation`, and both sign for the draws that name them."""
         self._next = (SigningKey(os.urandom(32)), KemKey(os.urandom(32)))
-        pub, kem_pub = self._next[0].public, self._next[1].public
-        return {"pubkey": pub, "kem_pub": kem_pub, "evidence": self._evidence(pub, kem_pub, nonce)}
+        key, kem_pub = self._next[0], self._next[1].public
+        return {"pubkey": key.public, "kem_pub": kem_pub, "evidence": self._evidence(key, kem_pub, nonce)}
 
     def commit_rotation(self) -> dict:
         """The registry accepted the new keys: make them current, keep the old ones one epoch."""

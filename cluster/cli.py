@@ -163,19 +163,21 @@ def cmd_verify(args) -> int:
     try:
         keys = [bytes.fromhex(k) for k in args.aggregator_key] if args.aggregator_key else None
         roots = [bytes.fromhex(k) for k in args.trust_root] if args.trust_root else None
+        selectors = [bytes.fromhex(k) for k in args.selector_key] if args.selector_key else None
     except ValueError:
-        return _err("--aggregator-key and --trust-root must be hex", EXIT_USAGE)
+        return _err("--aggregator-key, --trust-root and --selector-key must be hex", EXIT_USAGE)
     from protocols.errors import ReceiptInvalid
 
     try:
-        s = verify_receipt(raw, keys, trusted_roots=roots)
+        s = verify_receipt(raw, keys, trusted_roots=roots, trusted_selectors=selectors)
     except ReceiptInvalid as exc:
         print(f"INVALID: {exc}")
         return EXIT_CHECK
     print(f"VALID: request {s.request_id} {s.status}; {len(s.members)} member(s), paid {list(s.paid)}, "
           f"slashed {[list(x) for x in s.slashed]}; signed by aggregator {s.aggregator.hex()[:16]}…"
           + ("" if keys else " (key not pinned: pass --aggregator-key to trust only a known aggregator)")
-          + (f"; attested members: {s.attested}" if s.attested else ""))
+          + (f"; attested members: {s.attested}" if s.attested else "")
+          + (" (attestation unverified: pass --trust-root)" if s.attested and not roots else ""))
     return EXIT_OK
 
 
@@ -275,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file")
     v.add_argument("--aggregator-key", action="append", help="hex public key to trust (repeatable)")
     v.add_argument("--trust-root", action="append", help="hex attestation root key to require (repeatable)")
+    v.add_argument("--selector-key", action="append",
+                   help="hex selector key to trust for obfuscated receipts' attested members (repeatable)")
     v.set_defaults(fn=cmd_verify)
 
     at = sub.add_parser("attest", help="challenge a node now and show its evidence's verification")

@@ -95,7 +95,9 @@ class RequestHandle:
             out = self.client.open_output(out, self.request_id, body["output_node"])
         summary = receipts.verify_receipt(fin["receipt"], [self.client.aggregator_key],
                                           out["token_ids"] if out is not None and fin["status"] in ("final", "resolved") else None,
-                                          trusted_roots=self.client.trust_roots)
+                                          trusted_roots=self.client.trust_roots,
+                                          attestation_policy=self.client.receipt_policy,
+                                          trusted_selectors=[self.client.selector_key])
         tm = fin["timings"]
         ttfo = (self._first.seconds if self._first else
                 (tm["first_output"] - tm["submitted"]) if "first_output" in tm else None)
@@ -123,6 +125,12 @@ class Client:
             trust_roots = ray.get(network.registry.__ray_call__.remote(lambda reg: list(reg.trust_anchors)))
         self.trust_roots = [bytes(r) for r in trust_roots]
         self.allow_simulated = bool(self.config.attestation.allow_simulated)
+        self.selector_key = ray.get(network.selector.pubkey.remote())  # signs obfuscated pseudonym records
+        from protocols.attestation import Policy
+
+        # receipts: evidence must verify at receipt time, for the request's model; simulated
+        # evidence only where this network's config allows it
+        self.receipt_policy = Policy(allow_simulated=self.allow_simulated, max_age_s=1e12, max_clock_skew_s=300.0)
         ray.get(self.aggregator.register_client.remote(self.key.public))
         self._hashes = dict(network.model_hashes)
 

@@ -73,11 +73,17 @@ def _fail(msg: str) -> None:
 
 def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = None,
                    output_token_ids: Sequence[int] | None = None,
-                   trusted_roots: Sequence[bytes] | None = None) -> ReceiptSummary:
+                   trusted_roots: Sequence[bytes] | None = None, attestation_policy: Any = None,
+                   trusted_selectors: Sequence[bytes] | None = None) -> ReceiptSummary:
     """Check a receipt offline; raise ReceiptInvalid with the reason, else summarize.
 
-    trusted_roots: attestation root keys; when given, every attested member's
-    evidence must chain to one of them (else only its binding and digest are checked)."""
+    trusted_roots: attestation root keys. When given, every attested member's
+    evidence must verify against them under `attestation_policy` (default: any
+    code, simulated allowed) at the receipt's time, with the request's model hash,
+    and members are labelled by what the evidence proves ("simulated" | "hardware").
+    Without roots nothing about attestation is verified: members are labelled
+    "unverified". trusted_selectors pins the selector key of obfuscated receipts.
+    """
     try:
         env = messages.open_envelope(raw, "receipt")
     except MessageError as exc:
@@ -106,14 +112,17 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
     obf = sel.get("obfuscated")
     if (rb["mode"] == "obfuscated") != bool(obf):
         _fail("obfuscated requests need the selector's pseudonym record, and only they")
+    check = _EvidenceCheck(trusted_roots, attestation_policy, rb["model_hash"], float(body["issued_at"]))
     if obf:
+        if trusted_selectors is not None and obf.get("selector") not in set(trusted_selectors):
+            _fail("pseudonym record is not signed by a trusted selector")
         keys, roles = _pseudonyms(obf, rid)
         for pid, m in obf["members"].items():  # the selector vouches for each member's attestation
             kind = m.get("attested", "")
             if kind not in ("", "simulated", "hardware"):
                 _fail(f"pseudonym {pid}: unknown attestation kind {kind!r}")
             if kind:
-                attested[pid] = kind
+                attested[pid] = kind if trusted_selectors is not None else "unverified"
             elif require_tee:
                 _fail(f"pseudonym {pid} was drawn for a TEE request without attestation")
     for d in sel.get("draws", []):
@@ -124,11 +133,10 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
         if d["selected"] and not selection.verify_draw(d["eligible"], len(d["selected"]), d["seed"], d["selected"]):
             _fail(f"draw {d['label']!r}: selection does not follow from the beacon")
         role = REFEREE if d["label"].startswith("referee") else QUORUM  # "quorum" and "verify" draws
-        tee_draw = bool(d.get("require_attested")) or (require_tee and role == QUORUM)
+        tee_draw = bool(d.get("require_attested")) or require_tee
         for nid, key in zip(d["selected"], d["keys"]):
             if tee_draw:
-                attested[nid] = _check_attestation((d.get("attestations") or {}).get(nid), key, nid,
-                                                   trusted_roots)
+                attested[nid] = _check_attestation((d.get("attestations") or {}).get(nid), key, nid, check)
         if d["label"].startswith("replace"):
             role = d["label"].split(":")[1]
         for nid, key in zip(d["selected"], d["keys"], strict=True):
@@ -213,7 +221,7 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
             except obfuscation.UnblindingRejected as exc:
                 raise ReceiptInvalid(str(exc)) from None
             if digest:  # a slashed attested member: its evidence is now public, and must verify
-                _check_evidence(evidence, digest, node_id, trusted_roots)
+                check(evidence, digest, node_id)
 
     checked = False
     if output_token_ids is not None:
@@ -226,33 +234,45 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
                           attested)
 
 
-def _check_attestation(entry: Any, key: bytes, nid: str, trusted_roots: Sequence[bytes] | None) -> str:
+def _check_attestation(entry: Any, key: bytes, nid: str, check: "_EvidenceCheck") -> str:
     """An attested member: its evidence hashes to the digest and binds its signing key."""
     if not isinstance(entry, dict) or not isinstance(entry.get("evidence"), bytes):
         _fail(f"{nid} was drawn for a TEE request without attestation evidence")
-    report = _check_evidence(entry["evidence"], entry.get("digest"), nid, trusted_roots)
+    report, kind = check(entry["evidence"], entry.get("digest"), nid)
     if report["signing_pub"] != key:
         _fail(f"{nid}: attestation evidence does not bind the member's key")
-    return "simulated" if entry.get("simulated") else "hardware"
+    return kind
 
 
-def _check_evidence(ev: Any, digest: Any, nid: str, trusted_roots: Sequence[bytes] | None) -> dict:
-    """Evidence hashes to its digest, parses, and (given roots) verifies; returns its report."""
-    from . import attestation
+@dataclass(frozen=True)
+class _EvidenceCheck:
+    roots: Sequence[bytes] | None
+    policy: Any
+    model_hash: str
+    at: float
 
-    if not isinstance(ev, bytes) or sha256(ev).hex() != digest:
-        _fail(f"{nid}: attestation digest does not match its evidence")
-    try:
-        report = attestation.evidence_report(ev)
-    except Exception:
-        _fail(f"{nid}: attestation evidence is malformed")
-    if trusted_roots is not None:
+    def __call__(self, ev: Any, digest: Any, nid: str) -> tuple[dict, str]:
+        """Evidence hashes to its digest and parses; given roots, it verifies under the
+        policy at receipt time for this model. Returns (report, what it proves)."""
+        import dataclasses
+
+        from . import attestation
+
+        if not isinstance(ev, bytes) or sha256(ev).hex() != digest:
+            _fail(f"{nid}: attestation digest does not match its evidence")
+        try:
+            report = attestation.evidence_report(ev)
+        except Exception:
+            _fail(f"{nid}: attestation evidence is malformed")
+        if self.roots is None:
+            return report, "unverified"
+        policy = self.policy or attestation.Policy(allow_simulated=True, max_age_s=1e12, max_clock_skew_s=300.0)
+        policy = dataclasses.replace(policy, model_hash=self.model_hash)
         binding = attestation.ExpectedBinding(report["signing_pub"], report["kem_pub"], report["nonce"])
-        policy = attestation.Policy(allow_simulated=True, max_age_s=1e12, max_clock_skew_s=1e12)
-        res = attestation.verify(ev, binding, policy, list(trusted_roots), float(report["issued_at"]))
+        res = attestation.verify(ev, binding, policy, list(self.roots), self.at)
         if not res.ok:
             _fail(f"{nid}: attestation does not verify: {res.reason}")
-    return report
+        return report, "simulated" if res.simulated else "hardware"
 
 
 def _pseudonyms(obf: dict, rid: str) -> tuple[dict[str, bytes], dict[str, str]]:

@@ -154,3 +154,23 @@ def test_nvidia_provider_on_real_hardware():  # pragma: no cover - no GPU here
     res = att.verify(ev, att.ExpectedBinding(NODE_KEY.public, KEM_PUB, nonce), att.Policy(),
                      prov.fetch_nras_anchors(), time.time())
     assert res.ok, res
+
+
+def test_nvidia_evidence_for_rotated_keys_binds_the_next_key(monkeypatch):
+    """An epoch renewal on a GPU node: the provider must sign for the *next* key."""
+    import functools
+
+    from actors.executor import NodeExecutor
+
+    monkeypatch.setitem(sys.modules, "nv_attestation_sdk", _fake_sdk(True))
+    monkeypatch.setattr(prov, "NvidiaGpuProvider", functools.partial(prov.NvidiaGpuProvider, clock=lambda: NOW))
+    ex = NodeExecutor("gpu-00", {"engine": "tiny"}, attestation={"provider": "nvidia"})
+    ex.engine = types.SimpleNamespace(model_hash=lambda: MEAS["model_hash"], name=MEAS["engine"])
+    nonce = b"\x08" * 32
+    nxt = ex.prepare_rotation(nonce)
+    assert nxt["pubkey"] != ex.key.public
+    res = att.verify(nxt["evidence"], att.ExpectedBinding(nxt["pubkey"], nxt["kem_pub"], nonce), att.Policy(),
+                     [NRAS_ANCHOR], NOW)
+    assert res.ok and not res.simulated, res
+    ex.commit_rotation()
+    assert ex.key.public == nxt["pubkey"]

@@ -138,8 +138,12 @@ def test_require_tee_obfuscated_round_is_sealed_attested_and_anonymous(tiny_net,
     res = h.result()
     assert res.status == "final" and first.token_ids == res.token_ids  # the client opened the sealed output
     s = receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], res.token_ids,
-                                trusted_roots=trust_roots(tiny_net))
+                                trusted_roots=trust_roots(tiny_net), trusted_selectors=[tiny_client.selector_key])
     assert set(s.attested) == set(s.members) and set(s.attested.values()) == {"simulated"}
+    unpinned = receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], trusted_roots=trust_roots(tiny_net))
+    assert set(unpinned.attested.values()) == {"unverified"}  # the selector's word counts only when pinned
+    with pytest.raises(receipts.ReceiptInvalid, match="trusted selector"):
+        receipts.verify_receipt(res.receipt, trusted_selectors=[b"\x02" * 32])
     all_ids = [x for v in secrets.values() for x in v]
     agg = ray.get(tiny_net.aggregator.debug_state.remote(h.request_id))
     sel = ray.get(tiny_net.selector.__ray_call__.remote(lambda s: pickle.dumps(
@@ -162,7 +166,8 @@ def test_require_tee_obfuscated_cheater_is_unblinded_with_its_evidence(tiny_net,
                                require_tee=True).result()
     assert res.status == "resolved"
     roots = trust_roots(tiny_net)
-    s = receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], res.token_ids, trusted_roots=roots)
+    s = receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], res.token_ids, trusted_roots=roots,
+                                trusted_selectors=[tiny_client.selector_key])
     assert len(s.slashed) == 1 and set(s.attested) == set(s.members)
     body = messages.open_envelope(res.receipt, "receipt").body
     [(node_id, _salt, digest, evidence)] = body["decision"]["unblinded"].values()

@@ -33,6 +33,13 @@ def test_tee_mode_runs_on_one_attested_node_and_the_receipt_carries_its_evidence
     assert s.attested == {res.summary.paid[0]: "simulated"}
     with pytest.raises(receipts.ReceiptInvalid):  # a foreign root does not vouch for it
         receipts.verify_receipt(res.receipt, [tiny_client.aggregator_key], trusted_roots=[b"\x01" * 32])
+    # without roots nothing is claimed; a strict policy refuses simulated evidence
+    assert set(receipts.verify_receipt(res.receipt).attested.values()) == {"unverified"}
+    from protocols.attestation import Policy
+
+    with pytest.raises(receipts.ReceiptInvalid, match="simulated-not-allowed"):
+        receipts.verify_receipt(res.receipt, trusted_roots=trust_roots(tiny_net),
+                                attestation_policy=Policy(allow_simulated=False, max_age_s=1e12))
 
 
 def test_require_tee_quorum_has_only_attested_members(tiny_net, tiny_client):
