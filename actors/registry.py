@@ -47,6 +47,13 @@ class NodeRecord:
                         self.attested_until)
 
 
+MAX_OPEN_CHALLENGES = 8
+# verification failures that do not show the evidence is the node's own fresh answer
+UNAUTHENTIC = frozenset({"malformed", "unsupported-format", "unverifiable-evidence", "bad-signature", "bad-chain",
+                         "foreign-root", "wrong-nonce", "report-data-mismatch", "replayed-evidence",
+                         "stale-evidence"})
+
+
 class ModelRegistry:
     def __init__(self, policy: Any = None, trust_anchors: tuple = (), epoch_s: float = 3600.0) -> None:
         self.models: dict[str, ModelRecord] = {}
@@ -54,7 +61,7 @@ class ModelRegistry:
         self.policy = policy  # protocols.attestation.Policy, or None: no TEE class in this network
         self.trust_anchors = tuple(trust_anchors)
         self.epoch_s = float(epoch_s)  # attestation must be renewed (with fresh keys) every epoch
-        self._nonces: dict[str, bytes] = {}
+        self._nonces: dict[str, list[bytes]] = {}  # node -> open challenges
         self._weight_keys: dict[str, bytes] = {}  # model id -> AES key of its weights at rest (never listed)
         self._seen_nonces: set[bytes] = set()
         self.version = 0  # bumps on every change; subscribers get each new view pushed
@@ -143,10 +150,14 @@ class ModelRegistry:
 
     # --- attestation: challenge, verify, admit to the TEE class, revoke
     def challenge(self, node_id: str) -> bytes:
-        """A fresh nonce the node's evidence must bind (with its current keys)."""
+        """A fresh nonce the node's evidence must bind (with its current keys). Several
+        may be open at once (the epoch keeper and an operator), each usable once."""
         self._node(node_id)
-        self._nonces[node_id] = os.urandom(32)
-        return self._nonces[node_id]
+        nonce = os.urandom(32)
+        open_ = self._nonces.setdefault(node_id, [])
+        open_.append(nonce)
+        del open_[:-MAX_OPEN_CHALLENGES]
+        return nonce
 
     def attest(self, node_id: str, evidence: bytes) -> dict:
         """Verify evidence against the nonce we issued, the node's keys and the policy.
@@ -157,7 +168,8 @@ class ModelRegistry:
     def renew(self, node_id: str, pubkey: bytes, kem_pub: bytes, evidence: bytes) -> dict:
         """A new epoch: evidence for the node's next keys. Valid -> the keys switch and
         the attestation is extended in one step, so the node never leaves the TEE
-        class; invalid -> it leaves the class at once and keeps its old keys."""
+        class; authentic evidence of a bad state (measurements, TCB, revoked) -> it
+        leaves the class at once and keeps its old keys."""
         rec = self._node(node_id)
         if any(n.pubkey == pubkey for n in self.nodes.values()):
             raise DuplicateNode("another node already uses this public key")
@@ -168,12 +180,25 @@ class ModelRegistry:
 
         if self.policy is None:
             raise NodeError("this network has no attestation policy")
-        nonce = self._nonces.pop(rec.node_id, None)
-        if nonce is None:
+        open_ = self._nonces.get(rec.node_id) or []
+        if not open_:
             raise NodeError(f"no open challenge for {rec.node_id}")
+        try:
+            claimed = attestation.evidence_report(evidence)["nonce"]
+        except attestation.AttestationError:
+            claimed = None
+        nonce = claimed if claimed in open_ else open_[-1]  # not one of ours: verify says wrong-nonce
+        open_.remove(nonce)
         now = time.time()
         res = attestation.verify(evidence, attestation.ExpectedBinding(pubkey, kem_pub, nonce),
                                  self._policy_for(rec), self.trust_anchors, now, self._seen_nonces)
+        if not res.ok and res.reason in UNAUTHENTIC:
+            # evidence that is not provably this node's, fresh, answer says nothing about the
+            # node: anyone could send it, so it changes nothing (a revocation or authentic
+            # evidence of a bad state is what takes a node out of the class)
+            return {"ok": False, "reason": res.reason, "detail": res.detail, "digest": res.digest,
+                    "simulated": res.simulated, "tcb_version": res.tcb_version, "device_id": res.device_id,
+                    "at": now, "changed": False}
         if res.ok:
             rec.pubkey, rec.kem_pub = pubkey, kem_pub
             rec.epoch += 1

@@ -133,3 +133,11 @@ def deploy_tiny(tmp_path_factory, prefix: str, count: int, **attestation):
     for k, v in attestation.items():
         setattr(cfg.attestation, k, v)
     return deploy(cfg, ledger_path=str(tmp_path_factory.mktemp(prefix) / "ledger.db"))
+
+
+def set_tcb(net, node_id: str, version: int) -> None:
+    """The node's firmware changes (simulated provider: the TCB version it reports)."""
+    import ray
+
+    ray.get(net.executors[node_id].__ray_call__.remote(
+        lambda ex: ex.attestation_spec.__setitem__("tcb_version", version)))

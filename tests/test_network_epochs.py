@@ -10,7 +10,7 @@ import ray
 
 from cluster.network import teardown
 from protocols import receipts
-from tests.conftest import deploy_tiny, trust_roots
+from tests.conftest import deploy_tiny, set_tcb, trust_roots
 
 EPOCH_S = 3.0
 
@@ -48,12 +48,6 @@ def test_keys_rotate_every_epoch_while_tee_requests_keep_finalizing(epoch_net):
     for r in results[-4:]:  # each receipt carries the evidence for the keys its members signed with
         s = receipts.verify_receipt(r.receipt, [client.aggregator_key], r.token_ids, trusted_roots=roots)
         assert set(s.attested) == set(s.paid)
-
-
-def set_tcb(net, node_id: str, version: int) -> None:
-    """The node's firmware changes (simulated provider: the TCB version it reports)."""
-    ray.get(net.executors[node_id].__ray_call__.remote(
-        lambda ex: ex.attestation_spec.__setitem__("tcb_version", version)))
 
 
 def test_a_node_that_fails_renewal_leaves_the_tee_class_at_once_but_keeps_serving(epoch_net):

@@ -7,11 +7,11 @@ import uuid
 import pytest
 import ray
 
-from cluster.network import attest_all, teardown
+from cluster.network import teardown
 from protocols import messages, receipts
 from protocols.attestation import AttestationError
 from protocols.errors import NotEnoughNodes
-from tests.conftest import deploy_tiny, request_id_drawing, trust_roots
+from tests.conftest import deploy_tiny, request_id_drawing, set_tcb, trust_roots
 
 
 @pytest.fixture(autouse=True)
@@ -83,31 +83,60 @@ def small(ray_cluster, tmp_path_factory):
     teardown(net)
 
 
-def test_node_with_invalid_evidence_is_never_selected_for_tee(small):
-    client = small.client()
+def attest(net, node_id: str, evidence: bytes | None = None) -> dict:
+    nonce = ray.get(net.registry.challenge.remote(node_id))
+    if evidence is None:
+        evidence = ray.get(net.executors[node_id].attest.remote(nonce))
+    return ray.get(net.registry.attest.remote(node_id, evidence))
+
+
+def is_attested(net, node_id: str) -> bool:
+    return ray.get(net.registry.describe.remote(node_id))["attested"]
+
+
+def test_evidence_that_is_not_the_nodes_own_answer_changes_nothing(small):
     nonce = ray.get(small.registry.challenge.remote("tiny-02"))
     evidence = bytearray(ray.get(small.executors["tiny-02"].attest.remote(nonce)))
-    evidence[-5] ^= 0xFF  # tampered evidence
+    evidence[-5] ^= 0xFF  # tampered in transit, or forged by anyone who can call the registry
     res = ray.get(small.registry.attest.remote("tiny-02", bytes(evidence)))
-    assert not res["ok"]
-    members = set()
-    for _ in range(12):
-        members |= set(client.generate("x", mode="tee", n=1, max_tokens=2).result().summary.paid)
-    assert "tiny-02" not in members and members
-    with pytest.raises(NotEnoughNodes):
-        client.generate("x", n=3, max_tokens=2, require_tee=True)
-    assert attest_all(small.registry, small.executors, ["tiny-02"])[0]["ok"]  # fresh evidence restores it
+    assert not res["ok"] and res["reason"] == "bad-signature" and is_attested(small, "tiny-02")
+    assert attest(small, "tiny-02", b"not evidence")["reason"] == "malformed" and is_attested(small, "tiny-02")
+    old = ray.get(small.executors["tiny-02"].attest.remote(nonce))  # answers a nonce already used
+    assert attest(small, "tiny-02", old)["reason"] == "wrong-nonce" and is_attested(small, "tiny-02")
+    a, b = (ray.get(small.registry.challenge.remote("tiny-02")) for _ in range(2))  # two open challenges
+    for n in (b, a):  # each answered once, in any order
+        ev = ray.get(small.executors["tiny-02"].attest.remote(n))
+        assert ray.get(small.registry.attest.remote("tiny-02", ev))["ok"]
+
+
+def test_node_with_a_bad_state_is_never_selected_for_tee(small):
+    client = small.client()
+    set_tcb(small, "tiny-02", 0)  # authentic evidence, below the policy's minimum TCB
+    try:
+        res = attest(small, "tiny-02")
+        assert res["reason"] == "tcb-too-old" and not is_attested(small, "tiny-02")
+        members = set()
+        for _ in range(12):
+            members |= set(client.generate("x", mode="tee", n=1, max_tokens=2).result().summary.paid)
+        assert "tiny-02" not in members and members
+        with pytest.raises(NotEnoughNodes):
+            client.generate("x", n=3, max_tokens=2, require_tee=True)
+    finally:
+        set_tcb(small, "tiny-02", 3)
+    assert attest(small, "tiny-02")["ok"]  # fresh evidence restores it
 
 
 def test_weights_key_is_refused_to_a_node_without_valid_attestation(small):
-    nonce = ray.get(small.registry.challenge.remote("tiny-01"))
-    ray.get(small.registry.attest.remote("tiny-01", b"not evidence"))
-    with pytest.raises(Exception, match="no valid attestation"):
-        ray.get(small.registry.release_weights_key.remote("tiny-01"))
-    with pytest.raises(Exception, match="no valid attestation"):  # so the executor cannot load the model
-        ray.get(small.executors["tiny-01"].unlock.remote(small.registry))
-    assert nonce
-    assert attest_all(small.registry, small.executors, ["tiny-01"])[0]["ok"]
+    set_tcb(small, "tiny-01", 0)
+    try:
+        assert not attest(small, "tiny-01")["ok"]
+        with pytest.raises(Exception, match="no valid attestation"):
+            ray.get(small.registry.release_weights_key.remote("tiny-01"))
+        with pytest.raises(Exception, match="no valid attestation"):  # so the executor cannot load the model
+            ray.get(small.executors["tiny-01"].unlock.remote(small.registry))
+    finally:
+        set_tcb(small, "tiny-01", 3)
+    assert attest(small, "tiny-01")["ok"]
     sealed = ray.get(small.registry.release_weights_key.remote("tiny-01"))
     assert isinstance(sealed, bytes)  # sealed to the node's HPKE key: useless to anyone else
 
@@ -118,7 +147,7 @@ def test_revocation_removes_nodes_from_selection_at_once(small):
     assert hit == ["tiny-00"]
     for _ in range(8):
         assert "tiny-00" not in client.generate("y", mode="tee", n=1, max_tokens=2).result().summary.paid
-    assert attest_all(small.registry, small.executors, ["tiny-00"])[0]["reason"] == "revoked-device"
+    assert attest(small, "tiny-00")["reason"] == "revoked-device"
     hit = ray.get(small.registry.revoke.remote((3,), ()))  # every node reports TCB 3
     assert sorted(hit) == ["tiny-01", "tiny-02"]
     with pytest.raises(AttestationError):  # the client finds no attested node to seal the prompt to
