@@ -26,13 +26,13 @@ from typing import Any
 
 from collections import Counter
 
-from protocols import commitments, crossval, messages, obfuscation, receipts
+from protocols import commitments, crossval, messages, obfuscation, receipts, sealing
 from protocols.crypto import SigningKey
 from protocols.errors import (InvalidParams, MessageError, PromptTooLarge, UnknownRequest,
                               UnknownSender, VerinferError, ModelHashMismatch)
 from protocols.ledger import Settlement, Slash
 from protocols.params import SamplingParams
-from protocols.sampling import (CROSS_VALIDATION, QUORUM, REFEREE, SAMPLING, Dispatch, DrawReferees, DrawReplacements,
+from protocols.sampling import (CROSS_VALIDATION, QUORUM, REFEREE, RUNNING, SAMPLING, Dispatch, DrawReferees, DrawReplacements,
                                 DrawVerifiers, Finalize, FirstOutput, FlipCoin, RequestReveals, Round)
 
 OBFUSCATED = "obfuscated"
@@ -130,6 +130,10 @@ class Aggregator:
                 raise PromptTooLarge("sealed prompt is not bytes or is too large")
             if not (b["require_tee"] or b["mode"] == TEE):
                 raise InvalidParams("sealed prompts go only to attested nodes: set require_tee")
+            try:
+                sealing.prompt_recipients(prompt)
+            except sealing.SealError as exc:
+                raise InvalidParams(str(exc)) from None
         else:
             if not isinstance(prompt, str):
                 raise InvalidParams("prompt must be a string")
@@ -280,15 +284,17 @@ class Aggregator:
         """Ask the selector for members: node ids, or pseudonyms in obfuscated mode."""
         b, rid = live.request.body, live.round.request_id
         det = live.det_class or None
+        # a sealed prompt can be served only by the nodes it is sealed to
+        within = tuple(sorted(sealing.prompt_recipients(live.prompt))) if b["sealed"] else None
         if not live.obfuscated:
             d = await self.selector.draw.remote(rid, b["model_id"], count, label=label, exclude=exclude,
                                                 det_class=det, allow_fewer=allow_fewer, coin=coin,
-                                                require_attested=attested or live.require_tee)
+                                                require_attested=attested or live.require_tee, within=within)
             live.draws.append(d)
             return d
         d = await self.selector.draw_obfuscated.remote(rid, b["model_id"], count, role, label, live.request.raw,
                                                        live.prompt, det, allow_fewer, dispatch,
-                                                       attested or live.require_tee)
+                                                       attested or live.require_tee, within)
         live.mapping.update(d["mapping"])
         live.msgs["dispatch"] += len(d["pseudonyms"])
         return {"det_class": d["det_class"], "selected": d["pseudonyms"], "keys": d["keys"]}
@@ -340,6 +346,8 @@ class Aggregator:
             self._check_member_msg(live, env, nid)
             if not live.request.body["sealed"]:
                 raise MessageError("only a sealed prompt can be refused")
+            if live.round.members[nid].state != RUNNING:  # refusing after committing is not a refusal
+                raise MessageError("a member that committed cannot refuse")
             self.guard.check_and_record(env)
         except Exception:
             await self._run(live, live.round.on_failure(nid, time.time()))

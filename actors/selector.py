@@ -38,12 +38,18 @@ class QuorumSelector:
 
     async def draw(self, request_id: str, model_id: str, n: int, label: str = "quorum",
                    exclude: tuple[str, ...] = (), det_class: str | None = None,
-                   allow_fewer: bool = False, require_attested: bool = False, coin: bool = False) -> dict:
+                   allow_fewer: bool = False, require_attested: bool = False, coin: bool = False,
+                   within: tuple[str, ...] | None = None) -> dict:
         """Draw n nodes; with allow_fewer, as many as are eligible (possibly none).
+        within: only these nodes may be drawn (a sealed prompt's recipients); the
+        others are recorded as excluded, so the receipt still recomputes the draw.
 
         coin=True (cross-validation) also fixes a secret coin seed for the request
         and returns only its commitment; `reveal_coin` opens it later."""
         views, keys = await self._views(model_id)
+        if within is not None:
+            allowed = set(within)
+            exclude = tuple(sorted(set(exclude) | {v.node_id for v in views if v.node_id not in allowed}))
         seed = selection.draw_seed(self.beacon, request_id, label)
         now = time.time()
         if det_class is None:
@@ -119,7 +125,7 @@ class ObfuscatingSelector(QuorumSelector):
     async def draw_obfuscated(self, request_id: str, model_id: str, n: int, role: str, label: str,
                               request_raw: bytes, prompt: str, det_class: str | None = None,
                               allow_fewer: bool = False, dispatch: bool = True,
-                              require_attested: bool = False) -> dict:
+                              require_attested: bool = False, within: tuple[str, ...] | None = None) -> dict:
         """Draw n fresh nodes, hand each a sealed ticket, return only pseudonyms.
 
         dispatch=False holds the tickets until `dispatch_tickets` (after escrow).
@@ -127,7 +133,7 @@ class ObfuscatingSelector(QuorumSelector):
         digest in its mapping entry; the record says only "attested", not by whom."""
         state = self.obf.setdefault(request_id, {"members": {}, "served": set(), "held": []})
         rec = await self.draw(request_id, model_id, n, label, tuple(sorted(state["served"])), det_class,
-                              allow_fewer, require_attested)
+                              allow_fewer, require_attested, within=within)
         kems = await self.registry.kem_keys.remote(rec["selected"])
         handles = await self.registry.handles.remote(rec["selected"])
         out = {"det_class": rec["det_class"], "pseudonyms": [], "keys": [], "mapping": {}}

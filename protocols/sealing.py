@@ -77,6 +77,18 @@ def seal_prompt(prompt: str, request_id: str, recipients: dict[str, bytes], cont
     return pack({"ct": ct, "tag": tag, "nonce": nonce, "keys": keys})
 
 
+def prompt_recipients(blob: bytes) -> frozenset[str]:
+    """The node ids a sealed prompt is sealed to (its public recipient table)."""
+    try:
+        obj = unpack(blob)
+        keys = obj["keys"]
+        if not isinstance(keys, dict) or not all(isinstance(k, str) for k in keys):
+            raise TypeError("recipient table")
+    except Exception as exc:
+        raise SealError(f"sealed prompt is malformed: {exc}") from None
+    return frozenset(keys)
+
+
 def open_prompt(blob: bytes, request_id: str, node_id: str, kem: KemKey) -> str:
     from Crypto.Cipher import AES
 
