@@ -150,6 +150,20 @@ def test_swapped_plaintext_files_are_refused(package, tmp_path, change):
         _locked(spec, encrypted_path=str(pkg)).load(weights_key=key)
 
 
+def test_files_swapped_only_while_the_node_reads_them_are_refused(package, tmp_path):
+    spec, key = package
+    pkg = _copy_package(spec, tmp_path / "pkg")
+    real = (pkg / "config.json").read_bytes()
+    cfg = json.loads(real)
+    cfg["num_hidden_layers"] = 15
+    (pkg / "config.json").write_text(json.dumps(cfg))
+    eng = _locked(spec, encrypted_path=str(pkg))
+    eng.prepare()  # the node reads the swapped config ahead of the key...
+    (pkg / "config.json").write_bytes(real)  # ...and the file is restored before unlocking
+    with pytest.raises(sealing.SealError):
+        eng.load(weights_key=key)
+
+
 def test_package_for_other_weights_is_refused(package, tmp_path):
     spec, key = package
     other = "0" * 64

@@ -126,19 +126,22 @@ def _anonymous_memory(size: int) -> mmap.mmap:
     return mem
 
 
-def open_package(pkg_dir: str | os.PathLike[str], key: bytes, model_id: str, model_hash: str) -> dict:
+def open_package(pkg_dir: str | os.PathLike[str], key: bytes, model_id: str, model_hash: str,
+                 plaintext_digest: str | None = None) -> dict:
     """The package's weights as {name: tensor}, decrypted in memory.
 
     `model_id` and `model_hash` are what the registry records, not what the
     package claims: a package sealed for anything else raises ModelHashMismatch
     (its manifest says so) or SealError (its manifest lies, or bytes were changed).
+    plaintext_digest: the digest of the plaintext files as the caller read them (so
+    the AAD covers what was actually loaded); default: hash them now.
     """
     pkg = Path(pkg_dir)
     man = read_manifest(pkg)
     if man.get("model_id") != model_id or man.get("model_hash") != model_hash:
         raise ModelHashMismatch(f"package {pkg.name} holds {man.get('model_id')}@{str(man.get('model_hash'))[:16]}…, "
                                 f"registered is {model_id}@{model_hash[:16]}…")
-    aad = sealing.weights_aad(model_id, model_hash, files_digest(pkg))
+    aad = sealing.weights_aad(model_id, model_hash, plaintext_digest or files_digest(pkg))
     with open(pkg / SEALED_FILE, "rb") as f:
         header = f.read(sealing.WEIGHTS_HEADER_LEN)
         size = os.fstat(f.fileno()).st_size - sealing.WEIGHTS_HEADER_LEN

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from protocols.errors import ModelHashMismatch, ModelLocked, PromptTooLarge, RequestError
+from protocols.sealing import SealError
 
 from . import decoding, gguf_cache
 from .base import HONEST, VARIANTS, Generation
@@ -384,14 +385,21 @@ class SmolLM2Engine:
 
     def prepare(self):
         """Sealed package: read its non-secret part (config, tokenizer) ahead of the key,
-        so unlocking costs only decryption. Returns (config, tokenizer)."""
+        so unlocking costs only decryption. Returns (config, tokenizer, digest of the
+        files read), the digest being what the weights' AAD is checked against."""
         if self._prepared is None:
             from transformers import AutoConfig, AutoTokenizer
 
+            from .sealed_package import files_digest
+
             pkg = str(self.encrypted_path)
+            before = files_digest(pkg)  # the weights' AAD must cover what we read here
             with _quiet_transformers():
-                self._prepared = (AutoConfig.from_pretrained(pkg, local_files_only=True),
-                                  AutoTokenizer.from_pretrained(pkg, local_files_only=True))
+                config = AutoConfig.from_pretrained(pkg, local_files_only=True)
+                tok = AutoTokenizer.from_pretrained(pkg, local_files_only=True)
+            if files_digest(pkg) != before:
+                raise SealError("the package's plaintext files changed while they were read")
+            self._prepared = (config, tok, before)
         return self._prepared
 
     def _load_sealed(self, weights_key: bytes | None):
@@ -407,8 +415,8 @@ class SmolLM2Engine:
 
         from .sealed_package import open_package
 
-        config, tok = self.prepare()
-        state = open_package(str(self.encrypted_path), weights_key, self.model_id, self.expected_hash)
+        config, tok, digest = self.prepare()
+        state = open_package(str(self.encrypted_path), weights_key, self.model_id, self.expected_hash, digest)
         dtype = _torch_dtype(self.dtype)
         try:
             # the architecture without initialising it (~2x faster than from_pretrained with a
