@@ -179,12 +179,12 @@ class NodeExecutor:
         if body["sealed"]:
             sealed, rid = prompt, body["request_id"]
             try:
-                prompt = self._open_sealed(lambda kem: sealing.open_prompt(sealed, rid, self.node_id, kem))
+                prompt, secret = self._open_sealed(lambda kem: sealing.open_prompt(sealed, rid, self.node_id, kem))
             except (sealing.SealError, MessageError, TypeError, KeyError) as exc:
                 raise SealedPromptRejected(f"sealed prompt does not open for {self.node_id}: {exc}") from None
-            if commitments.prompt_hash(prompt, body["nonce"]) != body["prompt_hash"]:
+            if commitments.prompt_hash(prompt, body["nonce"] + secret) != body["prompt_hash"]:
                 raise SealedPromptRejected("sealed prompt does not match the signed prompt hash")
-        if not isinstance(prompt, str) or commitments.prompt_hash(prompt, body["nonce"]) != body["prompt_hash"]:
+        elif not isinstance(prompt, str) or commitments.prompt_hash(prompt, body["nonce"]) != body["prompt_hash"]:
             raise MessageError("prompt does not match the signed prompt hash")
         if self.behaviour in ("honest", "substitute", "requantize") and body["model_hash"] != self.engine.model_hash():
             raise ModelHashMismatch("request names a model hash this node does not serve")

@@ -133,6 +133,7 @@ class Client:
         self.receipt_policy = Policy(allow_simulated=self.allow_simulated, max_age_s=1e12, max_clock_skew_s=300.0)
         ray.get(self.aggregator.register_client.remote(self.key.public))
         self._hashes = dict(network.model_hashes)
+        self._secrets: dict[str, bytes] = {}  # request id -> prompt-hash secret of a sealed request
 
     @classmethod
     def connect(cls, config, **kw) -> "Client":
@@ -163,7 +164,10 @@ class Client:
             "created_at": time.time(), "p": None if p is None else float(p), "require_tee": bool(require_tee),
         }
         if require_tee or mode == "tee":  # TEE levels are private too: prompt and output sealed
-            body.update(sealed=True, client_kem=self.kem.public)
+            secret = os.urandom(32)  # travels only inside the sealed prompt: the hash cannot be guessed at
+            self._secrets[rid] = secret
+            body.update(sealed=True, client_kem=self.kem.public,
+                        prompt_hash=commitments.prompt_hash(prompt, nonce + secret))
         return messages.seal("request", body, self.key).raw, rid
 
     def seal_for_attested(self, prompt: str, request_id: str, model: str,
@@ -178,7 +182,8 @@ class Client:
 
                 raise AttestationError(f"no node of {model!r} has attestation that verifies under this "
                                        "client's trust roots: nothing to seal the prompt to")
-        return sealing.seal_prompt(prompt, request_id, recipients, os.urandom(32), os.urandom(12))
+        return sealing.seal_prompt(prompt, request_id, recipients, os.urandom(32), os.urandom(12),
+                                   self._secrets.get(request_id, b""))
 
     def attested_recipients(self, model: str) -> dict[str, bytes]:
         """node id -> HPKE key, for each node whose evidence verifies and binds that key."""
@@ -202,6 +207,7 @@ class Client:
         if req.body["sealed"] and isinstance(prompt, str):
             prompt = self.seal_for_attested(prompt, rid, req.body["model_id"])
         sub = ray.get(self.aggregator.submit.remote(request_raw, prompt))
+        self._secrets.pop(rid, None)
         return RequestHandle(self, rid, sub, t0, "")
 
     def generate(self, prompt: str, **kw) -> RequestHandle:
@@ -217,6 +223,8 @@ class Client:
         to = self.attested_recipients(kw.get("model") or self.config.default_model) if sealed else None
         wire = [self.seal_for_attested(p, rid, "", to) if sealed else p for (_, rid), p in zip(built, prompts)]
         subs = ray.get([self.aggregator.submit.remote(raw, w) for (raw, _), w in zip(built, wire)])
+        for _, rid in built:
+            self._secrets.pop(rid, None)
         return [RequestHandle(self, rid, sub, t0, "") for (_, rid), sub in zip(built, subs)]
 
     def results(self, handles: list[RequestHandle], timeout: float | None = None) -> list[Result]:

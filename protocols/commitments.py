@@ -20,9 +20,11 @@ COMMIT_DOMAIN = b"verinfer/commit/v1|"
 
 
 def prompt_hash(prompt: str | bytes, salt: bytes = b"") -> bytes:
-    """H(domain || salt || prompt). Requests salt it with their nonce, so the hash
-    that selector, aggregator and receipts see cannot be matched against a
-    dictionary of likely prompts."""
+    """H(domain || salt || prompt). Requests salt it with their nonce, so hashes of
+    one prompt differ across requests. The nonce is public, though: a plaintext
+    request's prompt travels in the clear anyway, and a sealed request salts with
+    nonce || a secret that travels only inside the sealed prompt, so nobody but
+    the client and the nodes it sealed to can test a guessed prompt against it."""
     data = prompt.encode("utf-8") if isinstance(prompt, str) else bytes(prompt)
     return sha256(b"verinfer/prompt|", bytes(salt), b"|", data)
 

@@ -63,15 +63,18 @@ OUTPUT_INFO = b"verinfer/output|"
 
 
 def seal_prompt(prompt: str, request_id: str, recipients: dict[str, bytes], content_key: bytes,
-                nonce: bytes) -> bytes:
-    """Encrypt `prompt` once (AES-256-GCM under content_key) and seal content_key to each
-    recipient node's HPKE key, so any node the selector may still draw can read it
-    and nobody else can. content_key (32 bytes) and nonce (12 bytes) are the caller's."""
+                nonce: bytes, secret: bytes = b"") -> bytes:
+    """Encrypt `prompt` and the client's hash secret once (AES-256-GCM under
+    content_key) and seal content_key to each recipient node's HPKE key, so any node
+    the selector may still draw can read it and nobody else can. content_key (32
+    bytes) and nonce (12 bytes) are the caller's. `secret` salts the signed prompt
+    hash of a sealed request (with the request nonce), so only readers of the
+    prompt can test a guess against that hash."""
     from Crypto.Cipher import AES
 
     cipher = AES.new(content_key, AES.MODE_GCM, nonce=nonce)
     cipher.update(PROMPT_INFO + request_id.encode())
-    ct, tag = cipher.encrypt_and_digest(prompt.encode("utf-8"))
+    ct, tag = cipher.encrypt_and_digest(pack([prompt, bytes(secret)]))
     keys = {nid: seal(pub, content_key, PROMPT_INFO + request_id.encode() + b"|" + nid.encode())
             for nid, pub in recipients.items()}
     return pack({"ct": ct, "tag": tag, "nonce": nonce, "keys": keys})
@@ -89,7 +92,8 @@ def prompt_recipients(blob: bytes) -> frozenset[str]:
     return frozenset(keys)
 
 
-def open_prompt(blob: bytes, request_id: str, node_id: str, kem: KemKey) -> str:
+def open_prompt(blob: bytes, request_id: str, node_id: str, kem: KemKey) -> tuple[str, bytes]:
+    """(prompt, hash secret) for a recipient node; SealError otherwise."""
     from Crypto.Cipher import AES
 
     obj = unpack(blob)
@@ -99,8 +103,12 @@ def open_prompt(blob: bytes, request_id: str, node_id: str, kem: KemKey) -> str:
     try:
         cipher = AES.new(key, AES.MODE_GCM, nonce=obj["nonce"])
         cipher.update(PROMPT_INFO + request_id.encode())
-        return cipher.decrypt_and_verify(obj["ct"], obj["tag"]).decode("utf-8")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        inner = unpack(cipher.decrypt_and_verify(obj["ct"], obj["tag"]))
+        if not (isinstance(inner, list) and len(inner) == 2 and isinstance(inner[0], str)
+                and isinstance(inner[1], bytes)):
+            raise ValueError("sealed content is not [prompt, secret]")
+        return inner[0], inner[1]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, MessageError) as exc:
         raise SealError(f"sealed prompt does not open: {exc}") from None
 
 
