@@ -509,9 +509,13 @@ class Aggregator:
                                  {"entries": seqs}, time.time(), self.key)
         self.counters[outcome.status] += 1
         answer = live.outputs.get(outcome.output_node) if outcome.output_node else None
+        # sealed outputs cannot be checked here: hand over every paid member's, so one
+        # garbled ciphertext cannot cost the client an answer the quorum agreed on
+        alternates = {n: live.outputs[n] for n in outcome.paid if n in live.outputs and n != outcome.output_node} \
+            if answer is not None and "sealed" in answer else {}
         if not live.first.done():  # nobody answered: unblock waiters with the outcome
             live.first.set_result(None)
-        live.final.set_result({"receipt": receipt, "output": answer, "status": outcome.status,
+        live.final.set_result({"receipt": receipt, "output": answer, "alternates": alternates, "status": outcome.status,
                                "branch": outcome.branch, "methods": dict(live.methods), "messages": dict(live.msgs),
                                "timings": dict(live.timings, submitted=live.submitted_at)})
         for ref in live.calls.values():

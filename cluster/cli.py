@@ -133,7 +133,11 @@ def cmd_submit(args) -> int:
 
     cfg = cfgmod.load(args.config)
     _init_ray(args.address, cfg.network.namespace)
-    client = Client.connect(cfg)
+    try:
+        roots = [bytes.fromhex(k) for k in args.trust_root] if args.trust_root else None
+    except ValueError:
+        return _err("--trust-root must be hex", EXIT_USAGE)
+    client = Client.connect(cfg, trust_roots=roots)
     h = client.generate(args.prompt, model=args.model, mode=args.mode, n=args.n, max_tokens=args.max_tokens,
                         temperature=args.temperature, p=args.p, require_tee=args.require_tee)
     if not args.json:
@@ -265,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling: N nodes agree; cross-validation: 1 node, re-checked by N with prob. p; "
                         "obfuscated: N+1 nodes with blinded identities; tee: one attested node")
     s.add_argument("--require-tee", action="store_true", help="serve only on nodes with valid attestation")
+    s.add_argument("--trust-root", action="append",
+                   help="hex attestation root key to trust (repeatable; default: the network's own)")
     s.add_argument("--p", type=float, default=None, help="cross-validation: probability of a re-check")
     s.add_argument("--n", type=int, default=None, help="quorum size (security level)")
     s.add_argument("--max-tokens", type=int, default=32)

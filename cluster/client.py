@@ -88,11 +88,25 @@ class RequestHandle:
             return self._result
         return self._complete(ray.get(self.client.aggregator.final.remote(self.request_id), timeout=timeout))
 
+    def _open_agreed(self, fin: dict) -> dict | None:
+        """The first sealed output (the output node's, then other paid members') that
+        opens with our key and is the output the accepted commitment binds."""
+        body = messages.open_envelope(fin["receipt"], "receipt").body
+        dec, rb = body["decision"], messages.open_envelope(body["request"], "request").body
+        for member, sealed in [(dec["output_node"], fin["output"]), *fin.get("alternates", {}).items()]:
+            try:
+                out = self.client.open_output(sealed, self.request_id, member)
+            except (MessageError, KeyError, TypeError, ValueError):
+                continue
+            if commitments.output_commitment(self.request_id, rb["model_hash"], rb["prompt_hash"], rb["params"],
+                                             out["token_ids"]) == dec["commitment"]:
+                return out
+        raise ReceiptInvalid("no sealed output opens to the accepted commitment")
+
     def _complete(self, fin: dict) -> Result:
         out = fin["output"]
         if out is not None and "sealed" in out:
-            body = messages.open_envelope(fin["receipt"], "receipt").body["decision"]
-            out = self.client.open_output(out, self.request_id, body["output_node"])
+            out = self._open_agreed(fin)
         summary = receipts.verify_receipt(fin["receipt"], [self.client.aggregator_key],
                                           out["token_ids"] if out is not None and fin["status"] in ("final", "resolved") else None,
                                           trusted_roots=self.client.trust_roots,
@@ -193,9 +207,11 @@ class Client:
         for node in ray.get(self.network.registry.attested_nodes.remote(model)):
             rep = attestation.evidence_report(node["evidence"])
             binding = attestation.ExpectedBinding(rep["signing_pub"], rep["kem_pub"], rep["nonce"])
-            res = attestation.verify(node["evidence"], binding, attestation.Policy(  # freshness: the registry's
-                allow_simulated=self.allow_simulated, max_age_s=1e12, max_clock_skew_s=1e12),
-                self.trust_roots, float(rep["issued_at"]))
+            # evidence must be valid now, for this model, under this client's roots (how fresh
+            # it must be is the registry's epoch policy: the node re-attests every epoch)
+            policy = attestation.Policy(allow_simulated=self.allow_simulated, model_hash=self._hashes.get(model),
+                                        max_age_s=1e12, max_clock_skew_s=300.0)
+            res = attestation.verify(node["evidence"], binding, policy, self.trust_roots, time.time())
             if res.ok and rep["kem_pub"] == node["kem_pub"]:
                 recipients[node["node_id"]] = node["kem_pub"]
         return recipients

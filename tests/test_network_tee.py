@@ -243,3 +243,18 @@ def test_only_the_nodes_a_prompt_is_sealed_to_are_drawn(tiny_net, tiny_client):
     raw, rid = tiny_client.build_request("for nobody", n=1, max_tokens=4, require_tee=True)
     with pytest.raises(NotEnoughNodes):  # refused up front: nothing escrowed, nobody contacted
         tiny_client.submit_raw(raw, tiny_client.seal_for_attested("for nobody", rid, model, {}))
+
+
+def test_a_garbled_sealed_output_does_not_cost_the_client_the_agreed_answer(tiny_net, tiny_client):
+    h = tiny_client.generate("seal me twice", n=3, max_tokens=6, require_tee=True)
+    good = h.result()
+    fin = ray.get(tiny_net.aggregator.final.remote(h.request_id))
+    assert len(fin["alternates"]) == 2  # every other paid member's sealed output
+    fin["output"] = {"sealed": b"\x00" * 64}  # the output node's ciphertext arrives garbled
+    h._result = None
+    again = h._complete(fin)
+    assert again.token_ids == good.token_ids and again.status == "final"
+    fin["alternates"] = {}
+    h._result = None
+    with pytest.raises(receipts.ReceiptInvalid, match="no sealed output"):
+        h._complete(fin)
