@@ -80,6 +80,7 @@ class Live:
     msgs: Counter = field(default_factory=Counter)  # protocol messages this round exchanged
     draws: list = field(default_factory=list)  # the selector's draw records, for the receipt
     require_tee: bool = False  # every member must hold valid attestation
+    recipients: tuple[str, ...] | None = None  # sealed prompt: the only nodes that can serve it
 
 
 class Aggregator:
@@ -115,7 +116,8 @@ class Aggregator:
             self._models[model_id] = await self.registry.model.remote(model_id)
         return self._models[model_id]
 
-    async def _validate(self, request_raw: bytes, prompt: str) -> tuple[messages.Envelope, SamplingParams]:
+    async def _validate(self, request_raw: bytes, prompt: str) -> tuple[messages.Envelope, tuple[str, ...] | None]:
+        """The request, and for a sealed prompt the nodes it is sealed to."""
         req = messages.open_envelope(request_raw, "request")
         b = req.body
         if messages.client_id_of(req.sender) != b["client_id"]:
@@ -131,10 +133,11 @@ class Aggregator:
             if not (b["require_tee"] or b["mode"] == TEE):
                 raise InvalidParams("sealed prompts go only to attested nodes: set require_tee")
             try:
-                sealing.prompt_recipients(prompt)
+                recipients = tuple(sorted(sealing.prompt_recipients(prompt)))
             except sealing.SealError as exc:
                 raise InvalidParams(str(exc)) from None
         else:
+            recipients = None
             if not isinstance(prompt, str):
                 raise InvalidParams("prompt must be a string")
             if len(prompt) > self.limits.max_prompt_chars:
@@ -160,12 +163,12 @@ class Aggregator:
         if b["model_hash"] != model["model_hash"]:
             raise ModelHashMismatch(f"request names hash {b['model_hash'][:16]}…, model {b['model_id']!r} "
                                     f"is {model['model_hash'][:16]}…")
-        return req, params
+        return req, recipients
 
     async def submit(self, request_raw: bytes, prompt: str) -> dict:
         """Validate, escrow and dispatch. Raises a typed error and changes nothing on bad input."""
         t0 = time.time()
-        req, _params = await self._validate(request_raw, prompt)
+        req, recipients = await self._validate(request_raw, prompt)
         b = req.body
         rid = b["request_id"]
         self.guard.record(req)
@@ -181,7 +184,8 @@ class Aggregator:
                         verifiers=b["n"] if cv else 0)
             live = Live(req, prompt, rnd, "", amount, t0, first=loop.create_future(), final=loop.create_future(),
                         p=float(self.limits.default_p if b["p"] is None else b["p"]) if cv else 0.0,
-                        obfuscated=obf, require_tee=tee)
+                        obfuscated=obf, require_tee=tee,
+                        recipients=recipients)
             draw = await self._draw(live, size, "quorum", QUORUM, (), coin=cv, dispatch=False)
             _raise_group_error(await self.ledger.escrow.remote(rid, b["client_id"], amount))
         except BaseException:
@@ -284,8 +288,7 @@ class Aggregator:
         """Ask the selector for members: node ids, or pseudonyms in obfuscated mode."""
         b, rid = live.request.body, live.round.request_id
         det = live.det_class or None
-        # a sealed prompt can be served only by the nodes it is sealed to
-        within = tuple(sorted(sealing.prompt_recipients(live.prompt))) if b["sealed"] else None
+        within = live.recipients  # a sealed prompt can be served only by the nodes it is sealed to
         if not live.obfuscated:
             d = await self.selector.draw.remote(rid, b["model_id"], count, label=label, exclude=exclude,
                                                 det_class=det, allow_fewer=allow_fewer, coin=coin,

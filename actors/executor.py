@@ -180,10 +180,10 @@ class NodeExecutor:
             sealed, rid = prompt, body["request_id"]
             try:
                 prompt, secret = self._open_sealed(lambda kem: sealing.open_prompt(sealed, rid, self.node_id, kem))
-            except (sealing.SealError, MessageError, TypeError, KeyError) as exc:
-                raise SealedPromptRejected(f"sealed prompt does not open for {self.node_id}: {exc}") from None
+            except (MessageError, TypeError, KeyError) as exc:
+                raise SealedPromptRejected(rid, f"sealed prompt does not open for {self.node_id}: {exc}") from None
             if commitments.prompt_hash(prompt, body["nonce"] + secret) != body["prompt_hash"]:
-                raise SealedPromptRejected("sealed prompt does not match the signed prompt hash")
+                raise SealedPromptRejected(rid, "sealed prompt does not match the signed prompt hash")
         elif not isinstance(prompt, str) or commitments.prompt_hash(prompt, body["nonce"]) != body["prompt_hash"]:
             raise MessageError("prompt does not match the signed prompt hash")
         if self.behaviour in ("honest", "substitute", "requantize") and body["model_hash"] != self.engine.model_hash():
@@ -253,7 +253,7 @@ class NodeExecutor:
         try:
             req, prompt = self._check_request(request_raw, prompt)
         except SealedPromptRejected as exc:  # a signed refusal, so nobody takes it for a timeout
-            return {"refusal": _refusal(request_raw, self.node_id, role, key, exc)}
+            return {"refusal": _refusal(self.node_id, role, key, exc)}
         out = await self._run(req.body, prompt, claimed)
         return await self._commit(req.body, self.node_id, role, key, *out)
 
@@ -285,7 +285,7 @@ class NodeExecutor:
         try:
             req, prompt = self._check_request(request_raw, prompt)
         except SealedPromptRejected as exc:
-            await self._aggregator().obf_refusal.remote(_refusal(request_raw, pid, ticket.role, signer, exc))
+            await self._aggregator().obf_refusal.remote(_refusal(pid, ticket.role, signer, exc))
             return {"pseudonym": pid}
         body = req.body
         self._inbox.append((body["request_id"], sealed_ticket, ""))
@@ -330,7 +330,6 @@ class NodeExecutor:
         return None
 
 
-def _refusal(request_raw: bytes, member_id: str, role: str, signer: SigningKey, why: Exception) -> bytes:
-    rid = messages.open_envelope(request_raw, "request").request_id
-    return messages.seal("refusal", {"request_id": rid, "node_id": member_id, "role": role, "reason": str(why),
-                                     "nonce": os.urandom(16)}, signer).raw
+def _refusal(member_id: str, role: str, signer: SigningKey, why: SealedPromptRejected) -> bytes:
+    return messages.seal("refusal", {"request_id": why.request_id, "node_id": member_id, "role": role,
+                                     "reason": str(why), "nonce": os.urandom(16)}, signer).raw

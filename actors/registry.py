@@ -48,10 +48,6 @@ class NodeRecord:
 
 
 MAX_OPEN_CHALLENGES = 8
-# verification failures that do not show the evidence is the node's own fresh answer
-UNAUTHENTIC = frozenset({"malformed", "unsupported-format", "unverifiable-evidence", "bad-signature", "bad-chain",
-                         "foreign-root", "wrong-nonce", "report-data-mismatch", "replayed-evidence",
-                         "stale-evidence"})
 
 
 class ModelRegistry:
@@ -192,10 +188,7 @@ class ModelRegistry:
         now = time.time()
         res = attestation.verify(evidence, attestation.ExpectedBinding(pubkey, kem_pub, nonce),
                                  self._policy_for(rec), self.trust_anchors, now, self._seen_nonces)
-        if not res.ok and res.reason in UNAUTHENTIC:
-            # evidence that is not provably this node's, fresh, answer says nothing about the
-            # node: anyone could send it, so it changes nothing (a revocation or authentic
-            # evidence of a bad state is what takes a node out of the class)
+        if not res.ok and res.reason in attestation.UNAUTHENTIC_REASONS:  # anyone could send it: no change
             return {"ok": False, "reason": res.reason, "detail": res.detail, "digest": res.digest,
                     "simulated": res.simulated, "tcb_version": res.tcb_version, "device_id": res.device_id,
                     "at": now, "changed": False}

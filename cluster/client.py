@@ -140,11 +140,11 @@ class Client:
         self.trust_roots = [bytes(r) for r in trust_roots]
         self.allow_simulated = bool(self.config.attestation.allow_simulated)
         self.selector_key = ray.get(network.selector.pubkey.remote())  # signs obfuscated pseudonym records
-        from protocols.attestation import Policy
+        from protocols.attestation import standing_policy
 
         # receipts: evidence must verify at receipt time, for the request's model; simulated
         # evidence only where this network's config allows it
-        self.receipt_policy = Policy(allow_simulated=self.allow_simulated, max_age_s=1e12, max_clock_skew_s=300.0)
+        self.receipt_policy = standing_policy(self.allow_simulated)
         ray.get(self.aggregator.register_client.remote(self.key.public))
         self._hashes = dict(network.model_hashes)
         self._secrets: dict[str, bytes] = {}  # request id -> prompt-hash secret of a sealed request
@@ -204,13 +204,10 @@ class Client:
         from protocols import attestation
 
         recipients = {}
+        policy = attestation.standing_policy(self.allow_simulated, self._hashes.get(model))  # valid now, this model
         for node in ray.get(self.network.registry.attested_nodes.remote(model)):
             rep = attestation.evidence_report(node["evidence"])
             binding = attestation.ExpectedBinding(rep["signing_pub"], rep["kem_pub"], rep["nonce"])
-            # evidence must be valid now, for this model, under this client's roots (how fresh
-            # it must be is the registry's epoch policy: the node re-attests every epoch)
-            policy = attestation.Policy(allow_simulated=self.allow_simulated, model_hash=self._hashes.get(model),
-                                        max_age_s=1e12, max_clock_skew_s=300.0)
             res = attestation.verify(node["evidence"], binding, policy, self.trust_roots, time.time())
             if res.ok and rep["kem_pub"] == node["kem_pub"]:
                 recipients[node["node_id"]] = node["kem_pub"]

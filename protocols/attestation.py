@@ -62,6 +62,13 @@ REASONS = (
     "wrong-nonce", "report-data-mismatch", "simulated-not-allowed", "stale-evidence",
     "replayed-evidence", "measurement-mismatch", "revoked-tcb", "tcb-too-old", "revoked-device",
 )
+# Failures that do not show the evidence is the node's own fresh answer to our nonce:
+# anyone could have sent it, so it says nothing about the node's state. The others
+# (measurements, TCB, revocations, certificates) are authentic statements of a bad state.
+UNAUTHENTIC_REASONS = frozenset({
+    "malformed", "unsupported-format", "unverifiable-evidence", "bad-signature", "bad-chain", "foreign-root",
+    "wrong-nonce", "report-data-mismatch", "replayed-evidence", "stale-evidence",
+})
 
 
 # --- errors ---------------------------------------------------------------------
@@ -372,6 +379,13 @@ def _parse_report(env: dict) -> None:
     if not isinstance(r.get("report_data"), bytes) or len(r["report_data"]) != 32:
         raise _Reject("malformed", "report_data must be 32 bytes")
     env["_recomputed_report_data"] = expect["report_data"]
+
+
+def standing_policy(allow_simulated: bool = True, model_hash: str | None = None) -> Policy:
+    """For evidence checked after admission (by clients and receipt verifiers): chain,
+    signatures, binding and model, at the time of use. How fresh it must be is the
+    registry's business: nodes re-attest every epoch."""
+    return Policy(model_hash=model_hash, allow_simulated=allow_simulated, max_age_s=1e12, max_clock_skew_s=300.0)
 
 
 def evidence_report(evidence: bytes) -> dict:

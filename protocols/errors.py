@@ -71,6 +71,10 @@ class SealedPromptRejected(RequestError):
     """A sealed prompt does not open for the node, or its plaintext does not match the
     signed prompt hash: the client's fault, which only the (attested) node can see."""
 
+    def __init__(self, request_id: str, message: str):
+        super().__init__(message)
+        self.request_id = request_id
+
 
 # --- nodes and selection -------------------------------------------------------
 class NodeError(VerinferError):

@@ -266,8 +266,7 @@ class _EvidenceCheck:
             _fail(f"{nid}: attestation evidence is malformed")
         if self.roots is None:
             return report, "unverified"
-        policy = self.policy or attestation.Policy(allow_simulated=True, max_age_s=1e12, max_clock_skew_s=300.0)
-        policy = dataclasses.replace(policy, model_hash=self.model_hash)
+        policy = dataclasses.replace(self.policy or attestation.standing_policy(), model_hash=self.model_hash)
         binding = attestation.ExpectedBinding(report["signing_pub"], report["kem_pub"], report["nonce"])
         res = attestation.verify(ev, binding, policy, list(self.roots), self.at)
         if not res.ok:

@@ -151,6 +151,7 @@ def test_require_tee_obfuscated_round_is_sealed_attested_and_anonymous(tiny_net,
     assert not contains_any(res.receipt, all_ids)  # still no identities in the receipt
     live = pickle.loads(agg)
     table = set(messages.unpack(live.pop("prompt"))["keys"])  # the sealed prompt's recipient table
+    assert set(live.pop("recipients")) == table  # (kept parsed, to draw within it)
     attested = {n["node_id"] for n in ray.get(tiny_net.registry.list_nodes.remote()) if n["attested"]}
     assert table == attested  # names every attested node alike: the client cannot know the members either
     assert not contains_any(pickle.dumps(live), all_ids)  # nothing else in the aggregator names a node
