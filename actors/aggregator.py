@@ -26,7 +26,7 @@ from typing import Any
 
 from collections import Counter
 
-from protocols import commitments, crossval, messages, obfuscation, receipts, sealing
+from protocols import commitments, crossval, deadlines, messages, obfuscation, receipts, sealing
 from protocols.crypto import SigningKey
 from protocols.errors import (InvalidParams, MessageError, PromptTooLarge, UnknownRequest,
                               UnknownSender, VerinferError, ModelHashMismatch)
@@ -45,7 +45,8 @@ class Limits:
     max_prompt_chars: int = 16384
     max_n: int = 16
     max_tokens: int = 512
-    timeout_s: float = 30.0
+    timeout_s: float = 30.0  # the network's base deadline per member; clients may ask for longer, never shorter
+    timeout_per_token_s: float = 0.0  # added per requested token (models may override both)
     reveal_timeout_s: float = 10.0
     referee_extra: int = 2  # referees = N + referee_extra
     client_credit: int = 10**9  # faucet deposit for a new client (dev networks)
@@ -95,7 +96,7 @@ class Aggregator:
         self._handles: dict[str, Any] = {}
         self._models: dict[str, dict] = {}
         self._clients: set[str] = set()
-        self._beacon: bytes | None = None
+        self._vrf_key: bytes | None = None
         self._finished: collections.deque = collections.deque()  # eviction order of finished rounds
         self._joined = asyncio.Condition()  # obfuscated: wakes pushes that arrive before their member is known
         self.counters = {"submitted": 0, "final": 0, "resolved": 0, "unresolved": 0, "failed": 0, "messages": 0}
@@ -148,8 +149,6 @@ class Aggregator:
             raise InvalidParams(f"mode {b['mode']!r} is not served; choose from {MODES}")
         if not 1 <= b["n"] <= self.limits.max_n:
             raise InvalidParams(f"n must be in 1..{self.limits.max_n}")
-        if not 0 < float(b["timeout_s"]) <= 3600:
-            raise InvalidParams("timeout_s must be in (0, 3600]")
         if b["mode"] == CROSS_VALIDATION:
             crossval.check_probability(self.limits.default_p if b["p"] is None else b["p"])
         if b["mode"] == TEE and b["n"] != 1:
@@ -163,7 +162,13 @@ class Aggregator:
         if b["model_hash"] != model["model_hash"]:
             raise ModelHashMismatch(f"request names hash {b['model_hash'][:16]}…, model {b['model_id']!r} "
                                     f"is {model['model_hash'][:16]}…")
+        self._deadline_rule(model).member_deadline(params.max_tokens, b["timeout_s"])  # validates timeout_s
         return req, recipients
+
+    def _deadline_rule(self, model: dict) -> deadlines.DeadlineRule:
+        base = model.get("timeout_s") or self.limits.timeout_s
+        per = model.get("timeout_per_token_s")
+        return deadlines.DeadlineRule(float(base), float(self.limits.timeout_per_token_s if per is None else per))
 
     async def submit(self, request_raw: bytes, prompt: str) -> dict:
         """Validate, escrow and dispatch. Raises a typed error and changes nothing on bad input."""
@@ -178,8 +183,10 @@ class Aggregator:
         runs = 1 + b["n"] if cv else size  # cross-validation escrows for the worst case, refunds the rest
         amount = self.econ.price * runs
         loop = asyncio.get_running_loop()
+        deadline = self._deadline_rule(await self._model(b["model_id"])).member_deadline(
+            SamplingParams.from_wire(b["params"]).max_tokens, b["timeout_s"])
         try:  # build and draw first: a request that cannot be served never touches the ledger
-            rnd = Round(rid, size, float(b["timeout_s"]), self.limits.reveal_timeout_s,
+            rnd = Round(rid, size, deadline, self.limits.reveal_timeout_s,
                         size + self.limits.referee_extra, mode=CROSS_VALIDATION if cv else SAMPLING,
                         verifiers=b["n"] if cv else 0)
             live = Live(req, prompt, rnd, "", amount, t0, first=loop.create_future(), final=loop.create_future(),
@@ -202,7 +209,8 @@ class Aggregator:
         # (returning the executors' ObjectRefs here would let the client race them directly,
         # but handing out borrowed refs costs ~4 ms per submit here: the aggregator's
         # first_output is the faster path)
-        return {"request_id": rid, "quorum_size": len(draw["selected"]), "det_class": draw["det_class"]}
+        return {"request_id": rid, "quorum_size": len(draw["selected"]), "det_class": draw["det_class"],
+                "deadline_s": deadline}
 
     # --- client waits
     async def first_output(self, request_id: str) -> dict:
@@ -261,14 +269,15 @@ class Aggregator:
     async def _background_step(self, live: Live, act) -> None:
         rnd, now = live.round, time.time
         if isinstance(act, FlipCoin):
-            seed = await self.selector.reveal_coin.remote(rnd.request_id)
+            seed, proof = await self.selector.reveal_coin.remote(rnd.request_id)
             checked = crossval.flip(seed, rnd.request_id, act.commit_hash, live.p)
-            live.coin = {"commit": live.draws[0]["coin_commit"], "seed": seed, "p": repr(float(live.p)),
+            live.coin = {"commit": live.draws[0]["coin_commit"], "seed": seed, "proof": proof,
+                         "p": repr(float(live.p)),
                          "node_id": act.node_id, "commit_hash": act.commit_hash, "checked": checked}
             await self._run(live, rnd.on_coin(checked, now()))
         elif isinstance(act, DrawVerifiers):
             d = await self._draw(live, act.count, "verify", QUORUM, act.exclude, allow_fewer=True)
-            await self._run(live, rnd.on_replacements(d["selected"], d["keys"], QUORUM, now()))
+            await self._run(live, rnd.on_verifiers(d["selected"], d["keys"], now()))
         elif isinstance(act, DrawReferees):  # attested referees settle disputes wherever they exist
             d = await self._draw(live, act.count, "referee", REFEREE, act.exclude, allow_fewer=True, attested=True)
             if not d["selected"] and not live.require_tee:
@@ -280,7 +289,7 @@ class Aggregator:
             for nid in act.exclude:  # calls of timed-out members will never be used
                 if nid in live.calls and rnd.members[nid].state == "timed-out":
                     _cancel(live.calls.pop(nid))
-            await self._run(live, rnd.on_replacements(d["selected"], d["keys"], act.role, now()))
+            await self._run(live, rnd.on_replacements(d["selected"], d["keys"], act.role, now(), act.count))
 
     async def _draw(self, live: Live, count: int, label: str, role: str, exclude: tuple,
                     allow_fewer: bool = False, coin: bool = False, dispatch: bool = True,
@@ -491,21 +500,15 @@ class Aggregator:
         rnd = live.round
         live.timings["decided"] = time.time()
         seqs = await self._settle(live, outcome)
-        if live.obfuscated:
-            selection = {"beacon": b"", "draws": [],
+        if live.obfuscated:  # the draws stay secret: the selector's signed pseudonym record stands in
+            selection = {"vrf_key": b"", "draws": [],
                          "obfuscated": await self.selector.mapping_record.remote(rnd.request_id)}
         else:
-            if self._beacon is None:
-                self._beacon = await self.selector.beacon_value.remote()
-            selection = {"beacon": self._beacon, "draws": live.draws,
+            if self._vrf_key is None:
+                self._vrf_key = await self.selector.vrf_public.remote()
+            selection = {"vrf_key": self._vrf_key, "draws": live.draws,
                          "coin_commit": live.draws[0].get("coin_commit") if live.draws else None}
-        decision = {
-            "status": outcome.status, "commitment": outcome.commitment, "paid": list(outcome.paid),
-            "slashes": [list(s) for s in outcome.slashes], "beneficiaries": list(outcome.beneficiaries),
-            "referees": list(outcome.referees), "disputed": outcome.disputed, "degraded": outcome.degraded,
-            "detail": outcome.detail, "output_node": outcome.output_node, "mode": live.request.body["mode"],
-            "branch": outcome.branch, "coin": live.coin, "unblinded": live.unblinded,
-        }
+        decision = dict(outcome.record(), mode=live.request.body["mode"], coin=live.coin, unblinded=live.unblinded)
         committed = [nid for nid in rnd.members if nid in live.results]
         receipt = receipts.build(rnd.request_id, live.request.raw, selection, [live.results[n] for n in committed],
                                  [live.reveals[n] for n in committed if n in live.reveals], decision,

@@ -24,6 +24,8 @@ class ModelRecord:
     model_hash: str
     engine: str
     max_prompt_tokens: int = 1024
+    timeout_s: float | None = None  # member deadline rule (None: the network's limits)
+    timeout_per_token_s: float | None = None
 
 
 @dataclass
@@ -78,13 +80,15 @@ class ModelRegistry:
 
     # --- models
     def register_model(self, model_id: str, model_hash: str, engine: str, max_prompt_tokens: int = 1024,
-                       weights_key: bytes | None = None) -> dict:
+                       weights_key: bytes | None = None, timeout_s: float | None = None,
+                       timeout_per_token_s: float | None = None) -> dict:
         if not model_id or len(model_hash) != 64:
             raise ValueError("a model needs an id and a hex SHA-256 content hash")
         old = self.models.get(model_id)
         if old is not None and old.model_hash != model_hash:
             raise ModelHashMismatch(f"model {model_id!r} is registered with another hash")
-        self.models[model_id] = ModelRecord(model_id, model_hash, engine, max_prompt_tokens)
+        self.models[model_id] = ModelRecord(model_id, model_hash, engine, max_prompt_tokens, timeout_s,
+                                            timeout_per_token_s)
         if weights_key is not None:
             self._weight_keys[model_id] = bytes(weights_key)
         self._changed()

@@ -1,9 +1,12 @@
-"""QuorumSelector: the randomness beacon and the record of every draw.
+"""QuorumSelector: the VRF key behind every draw, and the record of each draw.
 
-Draws are computed by protocols.selection from H(beacon || request id || label)
-over the registry's eligible set, and each draw is recorded with its eligible
-list so a receipt lets anyone recompute it. The beacon is fixed per network
-epoch and published in receipts; it is not known to nodes before deployment.
+Draws are computed by protocols.selection from the selector's VRF output over
+(request id, draw label) and the registry's eligible set. Each draw is recorded
+with its eligible list and VRF proof, so a receipt lets anyone check it against
+the selector's VRF public key, while nobody without the secret key can compute
+a draw in advance. The cross-validation coin is the VRF output for label
+"coin": committed at draw time, opened after the executor commits. Obfuscated
+draws stay secret: their records are disclosed only after an embargo (`disclose`).
 """
 
 from __future__ import annotations
@@ -14,20 +17,24 @@ import asyncio
 import os
 import time
 
-from protocols import crossval, obfuscation, selection
+from protocols import crossval, obfuscation, selection, vrf
 from protocols.canonical import pack
 from protocols.crypto import SigningKey
-from protocols.errors import NotEnoughNodes, UnknownRequest
+from protocols.errors import InvalidParams, NotEnoughNodes, UnknownRequest
 from protocols.ledger import Settlement, Slash
+
+COIN = "coin"  # the VRF label of the cross-validation coin
 
 
 class QuorumSelector:
-    def __init__(self, registry: Any, beacon: bytes, min_stake: int):
+    def __init__(self, registry: Any, min_stake: int, vrf_key: bytes | None = None, embargo_s: float = 86400.0):
         self.registry = registry
-        self.beacon = bytes(beacon)
+        self.vrf = vrf.VrfKey(vrf_key)
         self.min_stake = int(min_stake)
+        self.embargo_s = float(embargo_s)  # obfuscated draws are disclosed to auditors only after this
         self.records: dict[str, list[dict]] = {}
-        self.coins: dict[str, bytes] = {}  # request id -> secret coin seed (cross-validation)
+        self.coins: dict[str, tuple[bytes, bytes]] = {}  # request id -> (coin seed, VRF proof), cross-validation
+        self._drawn_at: dict[str, float] = {}
         self._version, self._all_views, self._all_keys = -1, None, {}
         self._attestations: dict = {}
 
@@ -50,7 +57,9 @@ class QuorumSelector:
         if within is not None:
             allowed = set(within)
             exclude = tuple(sorted(set(exclude) | {v.node_id for v in views if v.node_id not in allowed}))
-        seed = selection.draw_seed(self.beacon, request_id, label)
+        if any(r["label"] == label for r in self.records.get(request_id, [])):
+            raise InvalidParams(f"{request_id} was already drawn for {label!r}")
+        seed, proof = selection.draw_randomness(self.vrf, request_id, label)
         now = time.time()
         if det_class is None:
             det_class = selection.choose_class(views, model_id, n, self.min_stake, seed, require_attested, now)
@@ -63,25 +72,39 @@ class QuorumSelector:
             chosen: list[str] = []
         else:
             chosen = selection.draw(pool, n, seed)
-        record = {"label": label, "det_class": det_class, "seed": seed, "eligible": pool,
+        record = {"label": label, "det_class": det_class, "seed": seed, "proof": proof, "eligible": pool,
                   "exclude": sorted(exclude), "selected": chosen, "keys": [keys[c] for c in chosen],
                   "require_attested": require_attested,
                   "attestations": {c: self._attestations[c] for c in chosen if c in self._attestations}}
         self.records.setdefault(request_id, []).append(record)
+        self._drawn_at.setdefault(request_id, now)
         if coin and request_id not in self.coins:
-            self.coins[request_id] = os.urandom(32)
+            beta, pi = self.vrf.output(vrf.draw_alpha(request_id, COIN))
+            self.coins[request_id] = (beta, pi)
         if request_id in self.coins:
-            record = dict(record, coin_commit=crossval.coin_commit(self.coins[request_id]))
+            record = dict(record, coin_commit=crossval.coin_commit(self.coins[request_id][0]))
         return record
 
-    def reveal_coin(self, request_id: str) -> bytes:
-        """Open the coin; the aggregator asks only after the executor committed."""
+    def reveal_coin(self, request_id: str) -> tuple[bytes, bytes]:
+        """Open the coin (seed, VRF proof); the aggregator asks only after the executor committed."""
         if request_id not in self.coins:
             raise UnknownRequest(f"no coin was committed for {request_id}")
         return self.coins[request_id]
 
-    def beacon_value(self) -> bytes:
-        return self.beacon
+    def vrf_public(self) -> bytes:
+        """The VRF public key receipts are checked against (DER)."""
+        return self.vrf.public
+
+    def disclose(self, request_id: str, now: float | None = None) -> dict:
+        """An auditor's view of every draw of a request, with its VRF proofs: for an
+        obfuscated request only once the embargo has passed since its draw."""
+        if request_id not in self.records:
+            raise UnknownRequest(f"no draw for {request_id}")
+        now = time.time() if now is None else float(now)
+        if request_id in getattr(self, "obf", {}) and now < self._drawn_at[request_id] + self.embargo_s:
+            raise InvalidParams(f"obfuscated draws of {request_id} are under embargo until "
+                                f"{self._drawn_at[request_id] + self.embargo_s:.0f}")
+        return {"vrf_key": self.vrf.public, "draws": list(self.records[request_id])}
 
     def on_registry(self, version: int, views: list, keys: dict, attestations: dict | None = None) -> None:
         """The registry pushes every change, so a draw never waits on it."""
@@ -90,14 +113,17 @@ class QuorumSelector:
             self._attestations = attestations or {}
 
     def record(self, request_id: str) -> dict:
-        rec = {"beacon": self.beacon, "draws": list(self.records.get(request_id, []))}
+        if request_id in getattr(self, "obf", {}):
+            raise InvalidParams("obfuscated draws are secret: see disclose")
+        rec = {"vrf_key": self.vrf.public, "draws": list(self.records.get(request_id, []))}
         if request_id in self.coins:
-            rec["coin_commit"] = crossval.coin_commit(self.coins[request_id])
+            rec["coin_commit"] = crossval.coin_commit(self.coins[request_id][0])
         return rec
 
     def forget(self, request_id: str) -> None:
         self.records.pop(request_id, None)
         self.coins.pop(request_id, None)
+        self._drawn_at.pop(request_id, None)
 
 
 class ObfuscatingSelector(QuorumSelector):
@@ -107,12 +133,13 @@ class ObfuscatingSelector(QuorumSelector):
     committed to) and settles obfuscated rounds, so honest identities never
     reach the aggregator."""
 
-    def __init__(self, registry: Any, beacon: bytes, min_stake: int, key_seed: bytes | None = None):
-        super().__init__(registry, beacon, min_stake)
+    def __init__(self, registry: Any, min_stake: int, key_seed: bytes | None = None, vrf_key: bytes | None = None,
+                 embargo_s: float = 86400.0):
+        super().__init__(registry, min_stake, vrf_key, embargo_s)
         self.key = SigningKey(key_seed or os.urandom(32))
         self.aggregator = None
         self.ledger = None
-        # request id -> {"members": {pid: (node id, salt, pseudonym key, role, attestation | None)},
+        # request id -> {"members": {pid: (node id, salt, pseudonym key, role, attestation | None, replacement)},
         #                "served": set(node ids), "held": tickets not yet sent}
         self.obf: dict[str, dict] = {}
 
@@ -143,7 +170,7 @@ class ObfuscatingSelector(QuorumSelector):
             pub = ticket.key.public
             pid = obfuscation.pseudonym_id(pub)
             att = rec["attestations"][nid] if require_attested else None
-            state["members"][pid] = (nid, salt, pub, role, att)
+            state["members"][pid] = (nid, salt, pub, role, att, label.startswith("replace"))
             state["served"].add(nid)
             sealed = obfuscation.make_ticket(ticket, kems[nid], self.key)
             state["held"].append((pid, handles[nid], sealed, request_raw, prompt))
@@ -186,7 +213,7 @@ class ObfuscatingSelector(QuorumSelector):
         members = self._members(request_id)
         out = {}
         for p in pseudonyms:
-            nid, salt, _, _, att = members[p]
+            nid, salt, _, _, att, _ = members[p]
             out[p] = (nid, salt, att["digest"] if att else "", att["evidence"] if att else b"")
         return out
 
@@ -195,10 +222,10 @@ class ObfuscatingSelector(QuorumSelector):
         ("simulated" | "hardware" | ""), the mapping commitment; signed."""
         members = self._members(request_id)
         body = {
-            "members": {pid: {"key": pub, "role": role, "attested": _kind(att)}
-                        for pid, (_, _, pub, role, att) in members.items()},
+            "members": {pid: {"key": pub, "role": role, "attested": _kind(att), "replacement": repl}
+                        for pid, (_, _, pub, role, att, repl) in members.items()},
             "mapping": {pid: obfuscation.mapping_entry(pub, nid, salt, att["digest"] if att else "")
-                        for pid, (nid, salt, pub, _, att) in members.items()},
+                        for pid, (nid, salt, pub, _, att, _) in members.items()},
         }
         return {**body, "selector": self.key.public,
                 "sig": self.key.sign(obfuscation.MAPPING_DOMAIN + pack([request_id, body]))}

@@ -40,6 +40,7 @@ from math import comb
 
 import numpy as np
 
+from protocols.canonical import sha256
 from protocols import commitments, crossval, economics, selection
 from protocols.crypto import SigningKey
 from protocols.ledger import Economics, Settlement, Slash, settlement_postings
@@ -65,10 +66,14 @@ class Game:
         self.coin_seed = (seed + 1).to_bytes(32, "big")
         self.balances = {f"collateral/{nid}": econ.collateral for nid in self.ids}
 
+    def _seed(self, rid: str, label: str) -> bytes:
+        """Stands in for the selector's VRF output (uniform and unknown to the players)."""
+        return selection.seed_of(sha256(self.beacon, rid.encode(), b"|", label.encode()))
+
     def play(self, rid: str, p: float) -> tuple[bool, int, str]:
         """One request; returns (executor is a cheater, executor profit, outcome)."""
         r = Round(rid, 1, 10.0, 5.0, self.n + 1, mode=CROSS_VALIDATION, verifiers=self.n)
-        executor = selection.draw(self.ids, 1, selection.draw_seed(self.beacon, rid))[0]
+        executor = selection.draw(self.ids, 1, self._seed(rid, "quorum"))[0]
         cheating = executor in self.cheaters
         committed: dict[str, bytes] = {}
         queue = list(r.start([executor], [self.keys[executor]], 0.0))
@@ -85,9 +90,9 @@ class Game:
                 label = "verify" if isinstance(act, DrawVerifiers) else "referee"
                 pool = [x for x in self.ids if x not in act.exclude
                         and not (label == "referee" and self.tee_referees and x in self.cheaters)]
-                picked = selection.draw(pool, act.count, selection.draw_seed(self.beacon, rid, label))
+                picked = selection.draw(pool, act.count, self._seed(rid, label))
                 keys = [self.keys[x] for x in picked]
-                queue += (r.on_replacements(picked, keys, "quorum", 3.0) if label == "verify"
+                queue += (r.on_verifiers(picked, keys, 3.0) if label == "verify"
                           else r.on_referees(picked, keys, 4.0))
             elif isinstance(act, RequestReveals):
                 for nid in act.node_ids:

@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--aggregator-key", action="append", help="hex public key to trust (repeatable)")
     v.add_argument("--trust-root", action="append", help="hex attestation root key to require (repeatable)")
     v.add_argument("--selector-key", action="append",
-                   help="hex selector key to trust for obfuscated receipts' attested members (repeatable)")
+                   help="hex selector key to pin (repeatable): its VRF key (DER) for draws, its Ed25519 key "
+                        "for obfuscated pseudonym records")
     v.set_defaults(fn=cmd_verify)
 
     at = sub.add_parser("attest", help="challenge a node now and show its evidence's verification")

@@ -111,7 +111,7 @@ class RequestHandle:
                                           out["token_ids"] if out is not None and fin["status"] in ("final", "resolved") else None,
                                           trusted_roots=self.client.trust_roots,
                                           attestation_policy=self.client.receipt_policy,
-                                          trusted_selectors=[self.client.selector_key])
+                                          trusted_selectors=[self.client.selector_key, self.client.vrf_key])
         tm = fin["timings"]
         ttfo = (self._first.seconds if self._first else
                 (tm["first_output"] - tm["submitted"]) if "first_output" in tm else None)
@@ -139,7 +139,9 @@ class Client:
             trust_roots = ray.get(network.registry.__ray_call__.remote(lambda reg: list(reg.trust_anchors)))
         self.trust_roots = [bytes(r) for r in trust_roots]
         self.allow_simulated = bool(self.config.attestation.allow_simulated)
-        self.selector_key = ray.get(network.selector.pubkey.remote())  # signs obfuscated pseudonym records
+        # the selector's keys: Ed25519 signs obfuscated pseudonym records, the VRF key makes every draw
+        self.selector_key, self.vrf_key = ray.get([network.selector.pubkey.remote(),
+                                                   network.selector.vrf_public.remote()])
         from protocols.attestation import standing_policy
 
         # receipts: evidence must verify at receipt time, for the request's model; simulated

@@ -1,6 +1,6 @@
 """Network configuration: one TOML file, mirrored one-to-one by dataclasses.
 
-    [network]    name, namespace, ledger_path, beacon (hex, optional), default_mode, default_n
+    [network]    name, namespace, ledger_path, draw_embargo_s, default_mode, default_n
     [economics]  price, fee_fraction, collateral, min_stake, *_slash_fraction, referee_fraction
     [limits]     timeout_s, reveal_timeout_s, max_prompt_chars, max_n, max_tokens, referee_extra, client_credit,
                  default_p (cross-validation check probability)
@@ -35,18 +35,16 @@ class NetworkSection:
     name: str = "verinfer"  # prefix of every actor name
     namespace: str = "verinfer"  # Ray namespace the detached actors live in
     ledger_path: str = "~/.verinfer/ledger.db"  # SQLite file of the SlashingLedger
-    beacon: str = ""  # hex randomness beacon; empty = fresh random per deployment
+    draw_embargo_s: float = 86400.0  # obfuscated draws are disclosed to auditors only this long after
     default_mode: str = "sampling"
     default_n: int = 3
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError("network.name must be non-empty and contain no '/'")
-        if self.beacon:
-            try:
-                bytes.fromhex(self.beacon)
-            except ValueError:
-                raise ConfigError("network.beacon must be hex") from None
+        if not isinstance(self.draw_embargo_s, (int, float)) or isinstance(self.draw_embargo_s, bool) \
+                or self.draw_embargo_s < 0:
+            raise ConfigError("network.draw_embargo_s must be a non-negative number of seconds")
         if not isinstance(self.default_n, int) or self.default_n < 1:
             raise ConfigError("network.default_n must be an integer >= 1")
         if self.default_mode not in MODES:
@@ -58,10 +56,18 @@ class ModelSection:
     id: str  # model id clients ask for
     engine: str  # one of ENGINES
     options: dict[str, Any] = field(default_factory=dict)  # engine constructor kwargs
+    # the member deadline an honest node of this model needs: timeout_s + timeout_per_token_s * max_tokens
+    # (absent: the [limits] figures). Clients may ask for longer, never shorter.
+    timeout_s: float | None = None
+    timeout_per_token_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
             raise ConfigError("models.id must be non-empty")
+        for f, low in (("timeout_s", 1e-9), ("timeout_per_token_s", 0.0)):
+            v = getattr(self, f)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < low or v > 3600):
+                raise ConfigError(f"models[{self.id}].{f} must be a number in [{low:g}, 3600]")
         if self.engine not in ENGINES:
             raise ConfigError(f"models[{self.id}].engine must be one of {ENGINES}, got {self.engine!r}")
         if not isinstance(self.options, dict):
@@ -200,8 +206,10 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> NetworkConfig:
         raise ConfigError(f"unknown top-level sections: {', '.join(sorted(unknown))}")
     limits = _section(Limits, data.get("limits"), "limits")
     for f in ("timeout_s", "reveal_timeout_s"):
-        if not isinstance(getattr(limits, f), (int, float)) or getattr(limits, f) <= 0:
-            raise ConfigError(f"limits.{f} must be a positive number")
+        if not isinstance(getattr(limits, f), (int, float)) or not 0 < getattr(limits, f) <= 3600:
+            raise ConfigError(f"limits.{f} must be a positive number of seconds, at most 3600")
+    if not isinstance(limits.timeout_per_token_s, (int, float)) or limits.timeout_per_token_s < 0:
+        raise ConfigError("limits.timeout_per_token_s must be a non-negative number")
     if not isinstance(limits.default_p, (int, float)) or not 0 <= limits.default_p <= 1:
         raise ConfigError("limits.default_p must be a probability in [0, 1]")
     if not isinstance(limits.referee_extra, int) or isinstance(limits.referee_extra, bool) \

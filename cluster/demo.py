@@ -3,9 +3,11 @@
 Deploys the default network (five SmolLM2 nodes, one malicious), serves a few
 prompts at different security levels, and prints for each the answer, time to
 first output, time to finality and the receipt; then the ledger. Which nodes
-serve a request follows publicly from the beacon and the request id, so the
-demo picks request ids whose draw includes or avoids the cheater — the same
-computation any auditor can do with a receipt.
+serve a request follows from the selector's VRF output over the request id,
+which nobody but the selector can compute in advance; the demo runs the network
+itself, so as its operator it previews draws with the selector's secret key
+(`steer`) to show one request whose quorum includes the cheater and others that
+avoid it. A client of someone else's network cannot do this.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import time
 import uuid
 
-from protocols import selection
+from protocols import selection, vrf
 
 # (prompt, N, cheater in the draw?, mode, p, require TEE)
 PROMPTS = [
@@ -28,13 +30,24 @@ PROMPTS = [
 ]
 
 
-def steer(beacon: bytes, pool: list[str], n: int, cheaters: set[str], mode: str) -> str:
-    for _ in range(100000):
+def operator_vrf_key(net) -> vrf.VrfKey:
+    """The selector's secret VRF key: the operator's privilege, for experiments only."""
+    import ray
+
+    return vrf.VrfKey(ray.get(net.selector.__ray_call__.remote(lambda sel: sel.vrf.export())))
+
+
+def steer(key: vrf.VrfKey, pool: list[str], n: int, want: set[str] = frozenset(),
+          avoid: set[str] = frozenset(), tries: int = 5000) -> str:
+    """A fresh request id whose first draw contains `want` and none of `avoid`
+    (a preview with the selector's secret key: only the operator can do it)."""
+    for _ in range(tries):
         rid = uuid.uuid4().hex
-        picked = set(selection.draw(pool, n, selection.draw_seed(beacon, rid, "quorum")))
-        if (mode == "include") == bool(picked & cheaters):
+        seed, _ = selection.draw_randomness(key, rid, "quorum")
+        picked = set(selection.draw(pool, n, seed))
+        if want <= picked and not (avoid & picked):
             return rid
-    return uuid.uuid4().hex
+    raise RuntimeError("no request id draws the wanted nodes")
 
 
 def run_demo(args) -> int:
@@ -56,7 +69,7 @@ def run_demo(args) -> int:
     if cfg.malicious:
         print("  malicious (for the demo): " + ", ".join(f"{k}={v}" for k, v in cfg.malicious.items()))
     client = net.client()
-    beacon = ray.get(net.selector.record.remote("-"))["beacon"]
+    key = operator_vrf_key(net) if cfg.malicious else None
     nodes = ray.get(net.registry.list_nodes.remote())
     report = []
     try:
@@ -67,7 +80,11 @@ def run_demo(args) -> int:
             drawn = {"cross-validation": 1, "obfuscated": n + 1}.get(mode, n)
             if drawn > len(pool):
                 continue
-            rid = steer(beacon, pool, drawn, set(cfg.malicious), how) if cfg.malicious else None
+            cheaters = set(cfg.malicious) & set(pool)
+            rid = None
+            if cheaters:
+                rid = steer(key, pool, drawn, {min(cheaters)} if how == "include" else set(),
+                            cheaters if how == "avoid" else set())
             h = client.generate(prompt, n=n, max_tokens=args.max_tokens, request_id=rid, mode=mode, p=p,
                                 require_tee=tee)
             first = h.first_output()

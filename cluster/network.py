@@ -126,7 +126,6 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     hashes = {m.id: model_hash(m) for m in cfg.models}
     path = ledger_path or cfg.ledger_file()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    beacon = bytes.fromhex(cfg.network.beacon) if cfg.network.beacon else os.urandom(32)
 
     att = cfg.attestation
     policy, anchors, att_spec, epochs = None, (), {}, None
@@ -147,7 +146,8 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
             att_spec = {"provider": "nvidia"}
     ledger = ray.remote(SlashingLedger).options(**opts("ledger", max_restarts=-1, max_task_retries=-1)).remote(path, cfg.economics)
     registry = ray.remote(ModelRegistry).options(**opts("registry")).remote(policy, anchors, att.epoch_s)
-    selector = ray.remote(ObfuscatingSelector).options(**opts("selector")).remote(registry, beacon, cfg.economics.min_stake)
+    selector = ray.remote(ObfuscatingSelector).options(**opts("selector")).remote(
+        registry, cfg.economics.min_stake, embargo_s=cfg.network.draw_embargo_s)
     aggregator = ray.remote(Aggregator).options(**opts("aggregator", max_concurrency=10000)).remote(
         registry, selector, ledger, cfg.economics, cfg.limits)
     ray.get([selector.bind.remote(aggregator, ledger), registry.subscribe.remote(selector)])
@@ -159,7 +159,8 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
             sealed_paths[m.id] = os.path.join(os.path.dirname(os.path.abspath(path)), "weights",
                                               f"{cfg.network.name}-{m.id}.enc")
             keys[m.id] = encrypt_weights(m, sealed_paths[m.id])
-    ray.get([registry.register_model.remote(m.id, hashes[m.id], m.engine, weights_key=keys.get(m.id))
+    ray.get([registry.register_model.remote(m.id, hashes[m.id], m.engine, weights_key=keys.get(m.id),
+                                                   timeout_s=m.timeout_s, timeout_per_token_s=m.timeout_per_token_s)
              for m in cfg.models])
     log(f"registered {len(cfg.models)} model(s): " + ", ".join(f"{k}={v[:12]}…" for k, v in hashes.items()))
 

@@ -1,15 +1,27 @@
 """Receipts: the aggregator's signed, self-contained account of one request.
 
 A receipt carries the client's signed request (no prompt, only its hash), every
-draw the selector made (beacon, seed, eligible set, selection) and every
+draw the selector made (VRF proof, seed, eligible set, selection) and every
 member's signed result and reveal. `verify_receipt` re-checks all of it offline:
-signatures, that each draw is the one the beacon dictates, that every reveal
-opens its commit, and that the decision (final / resolved, who is paid, who is
-slashed) is the one the evidence forces. Given the output tokens, it also
-checks they are the ones the accepted commitment binds.
+signatures; that each draw's seed is the selector's VRF output for this request
+and label, and the selection follows from it; that every reveal opens its
+commit; and it recomputes the whole decision record with protocols.decision —
+the function the round itself decided with — and rejects the receipt unless
+every field matches (status, commitment, output node, paid, slashes and their
+reasons, beneficiaries, referees, excused, disputed, degraded, detail, branch,
+coin, unblinded). Duplicate or unknown results, reveals and draws are rejected.
+Given the output tokens, it also checks they are the ones the accepted
+commitment binds.
 
 What a receipt cannot prove offline: that the eligible set was the registry's
-true state at draw time, and that a member marked timed-out really was late.
+true state at draw time; that a member marked timed-out (or excused) really was
+late, or that an aborted round really could not go on (those are the
+aggregator's claims, checked only for consistency: a member that revealed was
+never late, an abort cannot undo a decided round); and, unless the selector's
+VRF key is pinned (`trusted_selectors`), that the draws came from the network's
+selector rather than a key the signer made up. A client that submits many
+requests can still show only the receipts it likes: each draw is random, not
+each receipt a third party is shown.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from . import commitments, crossval, messages, obfuscation, selection
+from . import commitments, crossval, decision, messages, obfuscation, selection, vrf
 from .canonical import pack, sha256
 from .crypto import verify as verify_sig
 from .errors import BadSignature
@@ -26,6 +38,8 @@ from .crypto import SigningKey
 from .errors import MessageError, ReceiptInvalid
 
 QUORUM, REFEREE = "quorum", "referee"
+COIN_LABEL = "coin"  # the VRF label of the cross-validation coin
+DECISION_FIELDS = frozenset(decision.RECORD_FIELDS) | {"mode", "coin", "unblinded"}
 
 
 def build(request_id: str, request_raw: bytes, selection_record: dict, results: Sequence[bytes],
@@ -36,9 +50,9 @@ def build(request_id: str, request_raw: bytes, selection_record: dict, results: 
         "selection": {
             "obfuscated": selection_record.get("obfuscated"),
             "coin_commit": selection_record.get("coin_commit"),
-            "beacon": selection_record["beacon"],
-            "draws": [{k: d.get(k) for k in ("label", "det_class", "seed", "eligible", "exclude", "selected", "keys",
-                                             "require_attested", "attestations")}
+            "vrf_key": selection_record["vrf_key"],
+            "draws": [{k: d.get(k) for k in ("label", "det_class", "seed", "proof", "eligible", "exclude", "selected",
+                                             "keys", "require_attested", "attestations")}
                       for d in selection_record["draws"]],
         },
         "results": list(results),
@@ -104,19 +118,22 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
 
     # --- draws (or, obfuscated, the selector's signed pseudonym set)
     sel = body["selection"]
-    require_tee = rb["mode"] == "tee" or bool(rb.get("require_tee"))
+    mode = rb["mode"]
+    require_tee = mode == "tee" or bool(rb.get("require_tee"))
     attested: dict[str, str] = {}  # node id -> "simulated" | "hardware"
     keys: dict[str, bytes] = {}
     roles: dict[str, str] = {}
-    beacon = sel.get("beacon")
+    replacement: dict[str, bool] = {}
     obf = sel.get("obfuscated")
-    if (rb["mode"] == "obfuscated") != bool(obf):
+    if (mode == "obfuscated") != bool(obf):
         _fail("obfuscated requests need the selector's pseudonym record, and only they")
     check = _EvidenceCheck(trusted_roots, attestation_policy, rb["model_hash"], float(body["issued_at"]))
     if obf:
+        if sel.get("draws"):
+            _fail("an obfuscated receipt must not carry draws")
         if trusted_selectors is not None and obf.get("selector") not in set(trusted_selectors):
             _fail("pseudonym record is not signed by a trusted selector")
-        keys, roles = _pseudonyms(obf, rid)
+        keys, roles, replacement = _pseudonyms(obf, rid)
         for pid, m in obf["members"].items():  # the selector vouches for each member's attestation
             kind = m.get("attested", "")
             if kind not in ("", "simulated", "hardware"):
@@ -125,29 +142,42 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
                 attested[pid] = kind if trusted_selectors is not None else "unverified"
             elif require_tee:
                 _fail(f"pseudonym {pid} was drawn for a TEE request without attestation")
+    else:
+        vrf_key = sel.get("vrf_key")
+        if trusted_selectors is not None and vrf_key not in set(trusted_selectors):
+            _fail("draws are not made with a trusted selector's VRF key")
+    labels: set[str] = set()
     for d in sel.get("draws", []):
-        if d["seed"] != selection.draw_seed(beacon, rid, d["label"]):
-            _fail(f"draw {d['label']!r}: seed is not H(beacon, request, label)")
+        label = d["label"]
+        if label in labels:
+            _fail(f"draw {label!r} appears twice")
+        labels.add(label)
+        try:
+            selection.verify_seed(sel.get("vrf_key"), rid, label, d["seed"], d.get("proof"))
+        except vrf.VrfInvalid as exc:
+            _fail(f"draw {label!r}: {exc}")
         if set(d["exclude"]) & set(d["eligible"]):
-            _fail(f"draw {d['label']!r}: an excluded node was eligible")
+            _fail(f"draw {label!r}: an excluded node was eligible")
         if d["selected"] and not selection.verify_draw(d["eligible"], len(d["selected"]), d["seed"], d["selected"]):
-            _fail(f"draw {d['label']!r}: selection does not follow from the beacon")
-        role = REFEREE if d["label"].startswith("referee") else QUORUM  # "quorum" and "verify" draws
+            _fail(f"draw {label!r}: selection does not follow from the seed")
+        if label.startswith("replace:"):
+            role = label.split(":")[1]
+        else:
+            role = REFEREE if label.startswith("referee") else QUORUM  # "quorum" and "verify" draws
         tee_draw = bool(d.get("require_attested")) or require_tee
-        for nid, key in zip(d["selected"], d["keys"]):
-            if tee_draw:
-                attested[nid] = _check_attestation((d.get("attestations") or {}).get(nid), key, nid, check)
-        if d["label"].startswith("replace"):
-            role = d["label"].split(":")[1]
         for nid, key in zip(d["selected"], d["keys"], strict=True):
             if nid in keys:
                 _fail(f"{nid} drawn twice for one request")
-            keys[nid], roles[nid] = key, role
+            if tee_draw:
+                attested[nid] = _check_attestation((d.get("attestations") or {}).get(nid), key, nid, check)
+            keys[nid], roles[nid], replacement[nid] = key, role, label.startswith("replace:")
 
     # --- evidence
     commits: dict[str, bytes] = {}
     for raw_result in body["results"]:
         r = _member_msg(raw_result, "result", rid, keys, roles)
+        if r.body["node_id"] in commits:
+            _fail(f"two results from {r.body['node_id']}")
         commits[r.body["node_id"]] = r.body["commit_hash"]
     revealed: dict[str, bytes | None] = {}  # None = reveal does not open the commit
     for raw_reveal in body["reveals"]:
@@ -155,59 +185,67 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
         nid = r.body["node_id"]
         if nid not in commits:
             _fail(f"reveal from {nid} without a result")
+        if nid in revealed:
+            _fail(f"two reveals from {nid}")
         ok = commitments.opens(commits[nid], keys[nid], r.body["commitment"], r.body["salt"])
         revealed[nid] = r.body["commitment"] if ok else None
 
-    # --- decision
+    # --- the decision: recomputed from the evidence with the round's own rule
     dec = body["decision"]
-    status, truth = dec["status"], dec.get("commitment")
-    paid, slashed = tuple(dec.get("paid", ())), tuple(tuple(s) for s in dec.get("slashes", ()))
-    quorum = [nid for nid in revealed if roles[nid] == QUORUM]
-    refs = [nid for nid in revealed if roles[nid] == REFEREE]
-    want_n = rb["n"]
-    if rb["mode"] == "cross-validation":
-        coin = dec.get("coin")
+    if not isinstance(dec, dict) or set(dec) != DECISION_FIELDS:
+        _fail("decision record has missing or unknown fields")
+    if dec["mode"] != mode:
+        _fail("decision names another mode than the request")
+    branch = ""
+    want = rb["n"] + 1 if obf else rb["n"]
+    if mode == "cross-validation":
+        coin = dec["coin"]
         if not isinstance(coin, dict):
             _fail("cross-validation receipt without its coin")
-        if commits.get(coin["node_id"]) != coin["commit_hash"] or roles.get(coin["node_id"]) != QUORUM:
+        if commits.get(coin["node_id"]) != coin["commit_hash"] or roles.get(coin["node_id"]) != QUORUM \
+                or replacement.get(coin["node_id"]):
             _fail("the coin was not flipped on the executor's commitment")
-        if sel.get("coin_commit") != coin["commit"] or not crossval.verify_coin(
+        try:
+            beta = vrf.verify(sel.get("vrf_key"), vrf.draw_alpha(rid, COIN_LABEL), coin.get("proof"))
+        except vrf.VrfInvalid as exc:
+            raise ReceiptInvalid(f"coin: {exc}") from None
+        if beta != coin["seed"] or sel.get("coin_commit") != coin["commit"] or not crossval.verify_coin(
                 coin["commit"], coin["seed"], rid, coin["commit_hash"], float(coin["p"]), coin["checked"]):
             _fail("coin does not open its commitment or does not give the claimed branch")
         if rb["p"] is not None and float(coin["p"]) != float(rb["p"]):
             _fail("coin used another p than the request asked for")
-        if dec.get("branch") != ("checked" if coin["checked"] else "unchecked"):
-            _fail("branch does not match the coin")
-        want_n = 1 + rb["n"] if coin["checked"] else 1
-    if status == "final":
-        if not quorum or any(revealed[q] != truth for q in quorum):
-            _fail("final decision but quorum reveals do not all equal the commitment")
-        if sorted(paid) != sorted(quorum):
-            _fail("final decision pays someone other than the agreeing quorum")
-        if len(quorum) < want_n and not dec.get("degraded"):
-            _fail(f"final with {len(quorum)} agreeing nodes, the request needs {want_n}")
-    elif status == "resolved":
-        votes = Counter(revealed[r] for r in refs if revealed[r] is not None)
-        if not votes:
-            _fail("resolved decision without a valid referee reveal")
-        top, count = votes.most_common(1)[0]
-        if top != truth or count * 2 <= len(refs):
-            _fail("resolved commitment is not the referees' majority")
-        want_paid = sorted(q for q in quorum if revealed[q] == truth)
-        if sorted(paid) != want_paid:
-            _fail("resolved decision pays someone other than the honest quorum members")
-        slashed_ids = {s[0] for s in slashed if s[1] != "timeout"}
-        must = {nid for nid in quorum + refs if revealed[nid] != truth}
-        if slashed_ids != must:
-            _fail("resolved decision does not slash exactly the members that disagree with the referees")
-    elif status in ("unresolved", "failed"):
-        if paid:
-            _fail(f"{status} decision pays nodes")
-    else:
-        _fail(f"unknown decision status {status!r}")
-    for nid, _reason in slashed:
-        if nid not in keys:
-            _fail(f"slashed node {nid} was never drawn")
+        branch = "checked" if coin["checked"] else "unchecked"
+        want = 1 + rb["n"] if coin["checked"] else 1
+    elif dec["coin"] is not None:
+        _fail("only cross-validation receipts carry a coin")
+    if not isinstance(dec["slashes"], list) or not all(isinstance(x, (list, tuple)) and len(x) == 2
+                                                          for x in dec["slashes"]):
+        _fail("slashes are malformed")
+    claimed_late = {s[0] for s in dec["slashes"] if s[1] == "timeout"}
+    excused = set(dec["excused"]) if isinstance(dec["excused"], list) else None
+    if excused is None or (claimed_late | excused) - set(keys):
+        _fail("a member named late was never drawn")
+    facts = []
+    for nid in keys:
+        if nid in revealed:
+            state = decision.REVEALED if revealed[nid] is not None else decision.INVALID
+        elif nid in excused:
+            state = decision.EXCUSED
+        elif nid in claimed_late:
+            state = decision.TIMED_OUT
+        else:
+            state = decision.COMMITTED if nid in commits else decision.RUNNING
+        facts.append(decision.MemberFact(nid, roles[nid], state, revealed.get(nid), replacement[nid]))
+    aborted = dec["detail"] if dec["status"] == decision.UNRESOLVED and dec["detail"] not in decision.DERIVED else ""
+    try:
+        outcome = decision.decide(decision.Evidence(tuple(facts), want, branch, aborted))
+    except decision.EvidenceInvalid as exc:
+        raise ReceiptInvalid(f"no round decides on this evidence: {exc}") from None
+    for k, v in outcome.record().items():
+        if dec[k] != v:
+            _fail(f"decision field {k!r} is not what the evidence forces")
+    status, truth = outcome.status, outcome.commitment
+    paid, slashed = outcome.paid, outcome.slashes
     if obf:
         unblinded = dec.get("unblinded") or {}
         if set(unblinded) != {nid for nid, _ in slashed}:
@@ -222,6 +260,8 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
                 raise ReceiptInvalid(str(exc)) from None
             if digest:  # a slashed attested member: its evidence is now public, and must verify
                 check(evidence, digest, node_id)
+    elif dec["unblinded"]:
+        _fail("only obfuscated receipts unblind anyone")
 
     checked = False
     if output_token_ids is not None:
@@ -230,8 +270,7 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
             _fail("output tokens do not match the accepted commitment")
         checked = True
     return ReceiptSummary(rid, status, truth, rb["n"], roles, paid, slashed, env.sender,
-                          tuple(body["ledger"].get("entries", ())), checked, rb["mode"], dec.get("branch", ""),
-                          attested)
+                          tuple(body["ledger"].get("entries", ())), checked, mode, branch, attested)
 
 
 def _check_attestation(entry: Any, key: bytes, nid: str, check: "_EvidenceCheck") -> str:
@@ -274,19 +313,21 @@ class _EvidenceCheck:
         return report, "simulated" if res.simulated else "hardware"
 
 
-def _pseudonyms(obf: dict, rid: str) -> tuple[dict[str, bytes], dict[str, str]]:
+def _pseudonyms(obf: dict, rid: str) -> tuple[dict[str, bytes], dict[str, str], dict[str, bool]]:
     """Members of an obfuscated round, from the selector's signed record."""
     body = {"members": obf["members"], "mapping": obf["mapping"]}
     try:
         verify_sig(obf["selector"], obfuscation.MAPPING_DOMAIN + pack([rid, body]), obf["sig"])
     except (BadSignature, MessageError):
         _fail("pseudonym record is not signed by the selector it names")
-    keys, roles = {}, {}
+    keys, roles, replacement = {}, {}, {}
     for pid, m in obf["members"].items():
         if obfuscation.pseudonym_id(m["key"]) != pid or pid not in obf["mapping"]:
             _fail(f"pseudonym {pid} is not its key's id or has no mapping entry")
-        keys[pid], roles[pid] = m["key"], m["role"]
-    return keys, roles
+        if m["role"] not in (QUORUM, REFEREE):
+            _fail(f"pseudonym {pid} has an unknown role")
+        keys[pid], roles[pid], replacement[pid] = m["key"], m["role"], bool(m.get("replacement"))
+    return keys, roles, replacement
 
 
 def _member_msg(raw: Any, type_: str, rid: str, keys: dict[str, bytes], roles: dict[str, str]):

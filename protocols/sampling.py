@@ -22,6 +22,12 @@ can), the quorum becomes 1 + N, and everything proceeds as in sampling mode.
 A member that misses its deadline (commit or reveal) is slashed for timeout and
 a replacement is drawn, so the stage still reaches its size. If no replacement
 exists the stage continues with fewer members and the outcome says `degraded`.
+When every member of the stage is late at once, the fault is not provably
+theirs (a stalled network, a deadline too short): they are `excused`, nobody is
+slashed, and the round ends unresolved (refunded).
+
+Every outcome comes from protocols.decision.decide over the members' final
+states — the same function a receipt verifier runs on the receipt's evidence.
 
 No clocks inside: `now` comes with every event, and the aggregator calls
 `on_tick(now)` at `next_deadline()`. Reveals are checked here (`opens`), so a
@@ -30,17 +36,16 @@ copied commit hash can never be opened by the copier.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
+from . import decision
 from .commitments import opens
+from .decision import (COMMITTED, EXCUSED, INVALID, QUORUM, REFEREE, REVEALED, RUNNING, TIMED_OUT, MemberFact,
+                       Outcome)
 from .errors import UnknownSender, MessageError
 
-QUORUM, REFEREE = "quorum", "referee"
 SAMPLING, CROSS_VALIDATION = "sampling", "cross-validation"
-
-# member states
-RUNNING, COMMITTED, REVEALED, INVALID, TIMED_OUT = "running", "committed", "revealed", "invalid", "timed-out"
+GONE = decision.GONE
 
 
 # ---- actions ------------------------------------------------------------------
@@ -90,21 +95,6 @@ class DrawReferees:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    status: str  # "final" | "resolved" | "unresolved" | "failed"
-    commitment: bytes | None  # the accepted output commitment
-    output_node: str | None  # a member whose output is the answer
-    paid: tuple[str, ...]  # quorum members paid for correct work
-    slashes: tuple[tuple[str, str], ...]  # (node id, reason)
-    beneficiaries: tuple[str, ...]  # who shares slashed collateral
-    referees: tuple[str, ...]  # referees agreeing with the verdict
-    disputed: bool
-    degraded: bool
-    detail: str = ""
-    branch: str = ""  # cross-validation: "checked" | "unchecked"
-
-
-@dataclass(frozen=True)
 class Finalize:
     outcome: Outcome
 
@@ -119,6 +109,11 @@ class Member:
     state: str = RUNNING
     commit_hash: bytes | None = None
     commitment: bytes | None = None
+    replacement: bool = False  # drawn to replace a member that timed out
+
+    def fact(self) -> MemberFact:
+        return MemberFact(self.node_id, self.role, self.state, self.commitment if self.state == REVEALED else None,
+                          self.replacement)
 
 
 @dataclass
@@ -135,7 +130,6 @@ class Round:
     done: bool = False
     first_output_sent: bool = False
     reveals_requested: set[str] = field(default_factory=set)
-    slashes: list[tuple[str, str]] = field(default_factory=list)
     degraded: bool = False
     outcome: Outcome | None = None
     coin: bool | None = None  # cross-validation: None until flipped
@@ -163,7 +157,19 @@ class Round:
         return [m for m in self.members.values() if m.role == role]
 
     def active(self, role: str) -> list[Member]:
-        return [m for m in self.of_role(role) if m.state != TIMED_OUT]
+        return [m for m in self.of_role(role) if m.state not in GONE]
+
+    @property
+    def slashes(self) -> list[tuple[str, str]]:
+        """Timeouts so far (the outcome adds cheats)."""
+        return [(m.node_id, "timeout") for m in self.members.values() if m.state == TIMED_OUT]
+
+    def want(self) -> int:
+        """Quorum members the request needs."""
+        return 1 + self.verifiers if self.coin else self.n
+
+    def evidence(self, aborted: str = "") -> decision.Evidence:
+        return decision.Evidence(tuple(m.fact() for m in self.members.values()), self.want(), self.branch, aborted)
 
     def ever_selected(self) -> tuple[str, ...]:
         return tuple(self.members)
@@ -186,11 +192,12 @@ class Round:
     def start(self, node_ids: list[str], keys: list[bytes], now: float) -> list:
         return self.add_members(node_ids, keys, QUORUM, now)
 
-    def add_members(self, node_ids: list[str], keys: list[bytes], role: str, now: float) -> list:
+    def add_members(self, node_ids: list[str], keys: list[bytes], role: str, now: float,
+                    replacement: bool = False) -> list:
         for nid, key in zip(node_ids, keys, strict=True):
             if nid in self.members:
                 raise ValueError(f"{nid} already served this request")
-            self.members[nid] = Member(nid, key, role, now + self.timeout_s)
+            self.members[nid] = Member(nid, key, role, now + self.timeout_s, replacement=replacement)
         if role == REFEREE:
             self.stage = REFEREE
             self._target[REFEREE] = len(self.active(REFEREE))
@@ -241,37 +248,55 @@ class Round:
     def on_tick(self, now: float) -> list:
         if self.done:
             return []
-        late = [m for m in self.active(self.stage) if self._waiting_on(m) and m.deadline <= now]
-        return self._time_out(late) if late else []
+        act = self.active(self.stage)
+        late = [m for m in act if self._waiting_on(m) and m.deadline <= now]
+        if not late:
+            return []
+        if len(late) == len(act):  # the whole stage is late together: not provably anyone's fault
+            for m in late:
+                m.state = EXCUSED
+            return self._decide()
+        return self._time_out(late)
 
-    def on_replacements(self, node_ids: list[str], keys: list[bytes], role: str, now: float) -> list:
-        return self.add_members(node_ids, keys, role, now) if node_ids else self.on_no_replacement(role, now)
+    def on_replacements(self, node_ids: list[str], keys: list[bytes], role: str, now: float,
+                        asked: int | None = None) -> list:
+        """Replacements for timed-out members (asked: how many were wanted)."""
+        return self._joined(node_ids, keys, role, now, asked, replacement=True)
+
+    def on_verifiers(self, node_ids: list[str], keys: list[bytes], now: float) -> list:
+        """Cross-validation: the verifiers drawn after a checked coin."""
+        return self._joined(node_ids, keys, QUORUM, now, self.verifiers, replacement=False)
+
+    def _joined(self, node_ids, keys, role, now, asked, replacement) -> list:
+        if not node_ids:
+            return self.on_no_replacement(role, now)
+        actions = self.add_members(node_ids, keys, role, now, replacement)
+        if asked is not None and len(node_ids) < asked:  # fewer than wanted: go on with who is there
+            self.degraded = True
+            self._target[role] = len(self.active(role))
+        return actions
 
     def on_no_replacement(self, role: str, now: float) -> list:
         """No fresh node could be drawn: continue with who is left."""
         self.degraded = True
         self._target[role] = len(self.active(role))
         if self._target[role] == 0:
-            if role == QUORUM:
-                return self._finish(Outcome("failed", None, None, (), tuple(self.slashes), (), (), False, True,
-                                            "no node answered and no replacement was available"))
-            return self._unresolved("no referee answered")
+            return self._decide()  # failed (no quorum left) or unresolved (no referee left)
         return self._maybe_request_reveals(now) + self._maybe_decide()
 
     def on_referees(self, node_ids: list[str], keys: list[bytes], now: float) -> list:
         if not node_ids:
-            return self._unresolved("no eligible referee")
+            return self._decide()  # unresolved: no eligible referee
         return self.add_members(node_ids, keys, REFEREE, now)
 
     def abort(self, why: str) -> list:
         """The round cannot go on (e.g. the selector failed): end it unresolved, refunding."""
-        return [] if self.done else self._unresolved(why)
+        return [] if self.done else self._finish(decision.decide(self.evidence(aborted=why)))
 
     # --- internals
     def _time_out(self, late: list[Member]) -> list:
         for m in late:
             m.state = TIMED_OUT
-            self.slashes.append((m.node_id, "timeout"))
         role = late[0].role
         return [DrawReplacements(len(late), role, self.ever_selected())]
 
@@ -293,40 +318,12 @@ class Round:
         act = self.active(self.stage)
         if self.done or len(act) < self._target[self.stage] or any(m.state in (RUNNING, COMMITTED) for m in act):
             return []
-        return self._decide_quorum(act) if self.stage == QUORUM else self._decide_referees(act)
+        if self.stage == QUORUM and not decision.quorum_agrees([m.fact() for m in act]):
+            return [DrawReferees(max(self.referee_n, len(act) + 1), self.ever_selected())]
+        return self._decide()
 
-    def _decide_quorum(self, act: list[Member]) -> list:
-        commitments = {m.commitment for m in act}
-        if all(m.state == REVEALED for m in act) and len(commitments) == 1:
-            ids = tuple(m.node_id for m in act)
-            return self._finish(Outcome("final", act[0].commitment, act[0].node_id, ids, tuple(self.slashes),
-                                        ids, (), False, self.degraded, branch=self.branch))
-        n_ref = max(self.referee_n, len(act) + 1)
-        return [DrawReferees(n_ref, self.ever_selected())]
-
-    def _decide_referees(self, refs: list[Member]) -> list:
-        votes = Counter(m.commitment for m in refs if m.state == REVEALED)
-        if not votes:
-            return self._unresolved("no referee revealed a valid commitment")
-        truth, count = votes.most_common(1)[0]
-        if count * 2 <= len(refs):
-            return self._unresolved("referees reached no majority")
-        quorum = self.active(QUORUM)
-        honest = tuple(m.node_id for m in quorum if m.state == REVEALED and m.commitment == truth)
-        agreeing = tuple(m.node_id for m in refs if m.state == REVEALED and m.commitment == truth)
-        for m in quorum + refs:
-            if m.state == INVALID:
-                self.slashes.append((m.node_id, "invalid-reveal"))
-            elif m.commitment != truth:
-                self.slashes.append((m.node_id, "cheat"))
-        beneficiaries = honest or agreeing
-        return self._finish(Outcome("resolved", truth, agreeing[0], honest, tuple(self.slashes), beneficiaries,
-                                    agreeing, True, self.degraded, branch=self.branch))
-
-    def _unresolved(self, why: str) -> list:
-        # Nobody is slashed for disagreeing when the truth is unknown; timeouts stand.
-        return self._finish(Outcome("unresolved", None, None, (), tuple(self.slashes), (), (), True, True, why,
-                                    branch=self.branch))
+    def _decide(self) -> list:
+        return self._finish(decision.decide(self.evidence()))
 
     def _finish(self, outcome: Outcome) -> list:
         self.done, self.outcome = True, outcome

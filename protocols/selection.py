@@ -1,11 +1,18 @@
-"""Uniform, publicly recomputable quorum selection.
+"""Uniform quorum selection that nobody can steer or predict, and anyone can check.
 
 Randomness: a stream of SHA-256(seed || counter) blocks, where
-seed = H(domain || beacon || request id || draw label). Uniform integers come
-from rejection sampling on 64-bit words (no modulo bias), and N distinct nodes
-from a partial Fisher-Yates shuffle of the *sorted* eligible ids. Anyone with
-the beacon, the request id and the eligible set recomputes the same draw
-(`verify_draw`), so the selector cannot steer a request to a favoured node.
+seed = H(domain || beta) and beta is the selector's VRF output over
+(request id, draw label) (protocols.vrf). The client has signed and spent its
+request id before anyone but the selector can compute beta, and the selector
+cannot choose beta (a VRF output is unique), so neither can aim a draw at
+chosen nodes; with the proof, anyone holding the selector's VRF public key
+checks the seed offline (`verify_seed`). Uniform integers come from rejection
+sampling on 64-bit words (no modulo bias), and N distinct nodes from a partial
+Fisher-Yates shuffle of the *sorted* eligible ids, so the eligible set and the
+seed fix the draw (`verify_draw`).
+
+Obfuscated draws use the same rule, but the selector keeps the proof secret:
+without it nobody, holding the registry and a request id, computes the members.
 
 Eligibility: serves the model, in the determinism class, live, stake at least
 the minimum, and (when asked) attested. A request is served inside one class;
@@ -19,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from . import vrf
 from .canonical import sha256
 from .errors import NotEnoughNodes
 
@@ -67,8 +75,21 @@ class RandomStream:
                 return w % n
 
 
-def draw_seed(beacon: bytes, request_id: str, label: str = "quorum") -> bytes:
-    return sha256(SELECTION_DOMAIN, beacon, b"|", request_id.encode(), b"|", label.encode())
+def seed_of(beta: bytes) -> bytes:
+    """The draw seed from a VRF output."""
+    return sha256(SELECTION_DOMAIN, beta)
+
+
+def draw_randomness(key: vrf.VrfKey, request_id: str, label: str) -> tuple[bytes, bytes]:
+    """(seed, VRF proof) of one draw: only the key holder can compute it."""
+    beta, pi = key.output(vrf.draw_alpha(request_id, label))
+    return seed_of(beta), pi
+
+
+def verify_seed(vrf_public: bytes, request_id: str, label: str, seed: bytes, proof: bytes) -> None:
+    """Raise vrf.VrfInvalid unless `seed` is the selector's VRF draw for (request, label)."""
+    if seed_of(vrf.verify(vrf_public, vrf.draw_alpha(request_id, label), proof)) != seed:
+        raise vrf.VrfInvalid(f"draw {label!r}: seed is not the VRF output's")
 
 
 def eligible(

@@ -40,7 +40,6 @@ def tiny_net(ray_cluster, tmp_path_factory):
     cfg.limits.timeout_s = 4.0
     cfg.limits.reveal_timeout_s = 4.0
     network = deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("ledger") / "ledger.db"))
-    network.beacon = ray_cluster.get(network.selector.record.remote("-"))["beacon"]
     yield network
     teardown(network)
 
@@ -93,22 +92,18 @@ def conserved(tiny_net):
 
 
 def request_id_drawing(net, want: set, n: int, avoid: set = frozenset()) -> str:
-    """A fresh request id whose first draw contains `want` and none of `avoid` —
-    the same public computation any auditor can do from the beacon."""
-    import uuid
-
+    """A fresh request id whose first draw contains `want` and none of `avoid`.
+    Only the selector's secret VRF key can preview a draw: tests, like the demo,
+    use it as the network's operator (no client can)."""
     import ray
 
-    from protocols import selection
+    from cluster.demo import operator_vrf_key, steer
 
+    if not hasattr(net, "_vrf"):
+        net._vrf = operator_vrf_key(net)
     nodes = ray.get(net.registry.list_nodes.remote())
     pool = sorted(x["node_id"] for x in nodes if x["live"] and x["stake"] >= net.config.economics.min_stake)
-    for _ in range(20000):
-        rid = uuid.uuid4().hex
-        picked = set(selection.draw(pool, n, selection.draw_seed(net.beacon, rid, "quorum")))
-        if want <= picked and not (avoid & picked):
-            return rid
-    raise AssertionError("no request id draws the wanted nodes")
+    return steer(net._vrf, pool, n, set(want), set(avoid))
 
 
 def trust_roots(net) -> list[bytes]:

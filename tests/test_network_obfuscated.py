@@ -23,9 +23,12 @@ def node_secrets(net) -> dict[str, list[bytes]]:
 
 
 def drawn(net, rid, n) -> list[str]:
+    """Who the selector drew (computable only with its secret VRF key)."""
+    from cluster.demo import operator_vrf_key
+
     nodes = ray.get(net.registry.list_nodes.remote())
     pool = sorted(x["node_id"] for x in nodes if x["live"] and x["stake"] >= net.config.economics.min_stake)
-    return selection.draw(pool, n, selection.draw_seed(net.beacon, rid, "quorum"))
+    return selection.draw(pool, n, selection.draw_randomness(operator_vrf_key(net), rid, "quorum")[0])
 
 
 def contains_any(blob: bytes, needles) -> bool:

@@ -4,9 +4,19 @@ from collections import Counter
 
 import pytest
 
-from protocols import selection
+from protocols import selection, vrf
+from protocols.canonical import sha256
 from protocols.errors import NotEnoughNodes
 from protocols.selection import NodeView
+
+KEYS = {b"x": vrf.VrfKey(), b"y": vrf.VrfKey()}
+
+
+def seed(key: bytes, rid: str, label: str = "quorum") -> bytes:
+    """A draw seed as the selector makes it (VRF over request id and label)."""
+    if key not in KEYS:
+        KEYS[key] = vrf.VrfKey()
+    return selection.draw_randomness(KEYS[key], rid, label)[0]
 
 
 def nodes(k=10, cls="c1", stake=100):
@@ -14,18 +24,30 @@ def nodes(k=10, cls="c1", stake=100):
 
 
 def test_draw_is_recomputable_and_distinct():
-    seed = selection.draw_seed(b"beacon", "req-1")
-    a = selection.draw([n.node_id for n in nodes()], 5, seed)
-    assert a == selection.draw([n.node_id for n in reversed(nodes())], 5, seed)
+    s = seed(b"x", "req-1")
+    a = selection.draw([n.node_id for n in nodes()], 5, s)
+    assert a == selection.draw([n.node_id for n in reversed(nodes())], 5, s)
     assert len(set(a)) == 5
-    assert selection.verify_draw([n.node_id for n in nodes()], 5, seed, a)
-    assert not selection.verify_draw([n.node_id for n in nodes()], 5, seed, list(reversed(a)))
+    assert selection.verify_draw([n.node_id for n in nodes()], 5, s, a)
+    assert not selection.verify_draw([n.node_id for n in nodes()], 5, s, list(reversed(a)))
 
 
-def test_draw_depends_on_request_and_beacon():
+def test_draw_depends_on_request_and_selector_key():
     ids = [n.node_id for n in nodes(20)]
-    draws = {tuple(selection.draw(ids, 3, selection.draw_seed(b, r))) for b in (b"x", b"y") for r in ("a", "b")}
+    draws = {tuple(selection.draw(ids, 3, seed(b, r))) for b in (b"x", b"y") for r in ("a", "b")}
     assert len(draws) == 4
+
+
+def test_seed_checks_against_the_vrf_proof_only():
+    s, proof = selection.draw_randomness(KEYS[b"x"], "req-1", "quorum")
+    selection.verify_seed(KEYS[b"x"].public, "req-1", "quorum", s, proof)
+    for pub, rid, label, sd, pr in [(KEYS[b"y"].public, "req-1", "quorum", s, proof),  # another key
+                                    (KEYS[b"x"].public, "req-2", "quorum", s, proof),  # another request
+                                    (KEYS[b"x"].public, "req-1", "referee", s, proof),  # another draw
+                                    (KEYS[b"x"].public, "req-1", "quorum", sha256(s), proof),  # another seed
+                                    (KEYS[b"x"].public, "req-1", "quorum", s, proof[:-1] + b"\0")]:
+        with pytest.raises(vrf.VrfInvalid):
+            selection.verify_seed(pub, rid, label, sd, pr)
 
 
 def test_draw_is_uniform():
@@ -33,7 +55,7 @@ def test_draw_is_uniform():
     counts = Counter()
     trials = 6000
     for i in range(trials):
-        counts.update(selection.draw(ids, 2, selection.draw_seed(b"b", f"r{i}")))
+        counts.update(selection.draw(ids, 2, sha256(b"uniform", str(i).encode())))
     expected = trials * 2 / 6
     for nid in ids:  # binomial sd ~ 36; 5 sd band
         assert abs(counts[nid] - expected) < 180, counts
@@ -56,13 +78,13 @@ def test_not_enough_nodes():
 
 def test_class_choice_only_among_classes_that_fit():
     ns = nodes(5, "big") + [NodeView(f"s{i}", "m", "small", 100) for i in range(2)]
-    picks = {selection.choose_class(ns, "m", 3, 0, selection.draw_seed(b"b", f"r{i}")) for i in range(50)}
+    picks = {selection.choose_class(ns, "m", 3, 0, sha256(b"class", str(i).encode())) for i in range(50)}
     assert picks == {"big"}
 
 
 def test_replacement_draw_excludes_earlier_picks():
     ns = nodes(6)
-    first = selection.draw(selection.eligible(ns, "m", 0, "c1"), 3, selection.draw_seed(b"b", "r"))
+    first = selection.draw(selection.eligible(ns, "m", 0, "c1"), 3, seed(b"x", "r"))
     pool = selection.eligible(ns, "m", 0, "c1", exclude=first)
-    repl = selection.draw(pool, 1, selection.draw_seed(b"b", "r", "replace:quorum:3"))
+    repl = selection.draw(pool, 1, seed(b"x", "r", "replace:quorum:3"))
     assert repl[0] not in first
