@@ -263,8 +263,16 @@ class Aggregator:
         try:
             await self._background_step(live, act)
         except Exception as exc:  # never leave a client waiting on a round that cannot proceed
-            if not live.round.done:
-                await self._run(live, live.round.abort(f"{type(act).__name__} failed: {type(exc).__name__}: {exc}"))
+            rnd = live.round
+            if rnd.done:
+                return
+            if isinstance(act, (DrawReplacements, DrawReferees, DrawVerifiers)):
+                # a draw that fails is a draw that found nobody: the decision rule takes it from there
+                got = (rnd.on_referees([], [], time.time()) if isinstance(act, DrawReferees) else
+                       rnd.on_no_replacement(act.role if isinstance(act, DrawReplacements) else QUORUM, time.time()))
+                await self._run(live, got)
+            else:
+                await self._run(live, rnd.abort(f"{type(act).__name__} failed: {type(exc).__name__}: {exc}"))
 
     async def _background_step(self, live: Live, act) -> None:
         rnd, now = live.round, time.time

@@ -64,6 +64,7 @@ class QuorumSelector:
         if det_class is None:
             det_class = selection.choose_class(views, model_id, n, self.min_stake, seed, require_attested, now)
         pool = selection.eligible(views, model_id, self.min_stake, det_class, exclude, require_attested, now)
+        asked = n
         if allow_fewer:
             n = min(n, len(pool))
         if n == 0:
@@ -72,7 +73,7 @@ class QuorumSelector:
             chosen: list[str] = []
         else:
             chosen = selection.draw(pool, n, seed)
-        record = {"label": label, "det_class": det_class, "seed": seed, "proof": proof, "eligible": pool,
+        record = {"label": label, "det_class": det_class, "seed": seed, "proof": proof, "asked": asked, "eligible": pool,
                   "exclude": sorted(exclude), "selected": chosen, "keys": [keys[c] for c in chosen],
                   "require_attested": require_attested,
                   "attestations": {c: self._attestations[c] for c in chosen if c in self._attestations}}

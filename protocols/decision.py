@@ -131,11 +131,13 @@ def decide(ev: Evidence) -> Outcome:
     if ev.aborted:
         if ev.aborted in DERIVED:
             raise EvidenceInvalid("an abort names its own reason")
+        if excused:
+            raise EvidenceInvalid("a round whose stage was late together ended there: it was not aborted")
         try:
             would = decide(Evidence(ev.members, ev.want, ev.branch)).status
         except EvidenceInvalid:
             would = ""  # members still owed something: the round could only have gone on, or aborted
-        if would in (FINAL, RESOLVED):
+        if would:  # a failed draw is decided as "nobody could be drawn", not aborted
             raise EvidenceInvalid(f"an abort cannot undo a round the evidence decides ({would})")
         return _unresolved(timeouts, ev.aborted, ev.branch, excused)
     pending = [m.node_id for m in ev.members if m.state in (RUNNING, COMMITTED)]

@@ -51,7 +51,8 @@ def build(request_id: str, request_raw: bytes, selection_record: dict, results: 
             "obfuscated": selection_record.get("obfuscated"),
             "coin_commit": selection_record.get("coin_commit"),
             "vrf_key": selection_record["vrf_key"],
-            "draws": [{k: d.get(k) for k in ("label", "det_class", "seed", "proof", "eligible", "exclude", "selected",
+            "draws": [{k: d.get(k) for k in ("label", "det_class", "seed", "proof", "asked", "eligible", "exclude",
+                                             "selected",
                                              "keys", "require_attested", "attestations")}
                       for d in selection_record["draws"]],
         },
@@ -147,6 +148,7 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
         if trusted_selectors is not None and vrf_key not in set(trusted_selectors):
             _fail("draws are not made with a trusted selector's VRF key")
     labels: set[str] = set()
+    replacing: dict[str, int] = {}  # role -> replacements asked for (each follows a timeout)
     for d in sel.get("draws", []):
         label = d["label"]
         if label in labels:
@@ -160,8 +162,12 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
             _fail(f"draw {label!r}: an excluded node was eligible")
         if d["selected"] and not selection.verify_draw(d["eligible"], len(d["selected"]), d["seed"], d["selected"]):
             _fail(f"draw {label!r}: selection does not follow from the seed")
+        if not isinstance(d.get("asked"), int) or d["asked"] < len(d["selected"]) \
+                or (len(d["selected"]) < d["asked"] and len(d["selected"]) < len(d["eligible"])):
+            _fail(f"draw {label!r}: selected neither what was asked nor every eligible node")
         if label.startswith("replace:"):
             role = label.split(":")[1]
+            replacing[role] = replacing.get(role, 0) + d["asked"]
         else:
             role = REFEREE if label.startswith("referee") else QUORUM  # "quorum" and "verify" draws
         tee_draw = bool(d.get("require_attested")) or require_tee
@@ -225,6 +231,11 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
     excused = set(dec["excused"]) if isinstance(dec["excused"], list) else None
     if excused is None or (claimed_late | excused) - set(keys):
         _fail("a member named late was never drawn")
+    if not obf:  # every timeout makes the round ask for a replacement, and the draws show it
+        for role in (QUORUM, REFEREE):
+            late = sum(1 for nid in claimed_late if roles[nid] == role)
+            if late > replacing.get(role, 0):
+                _fail(f"{late} {role} member(s) named late, but only {replacing.get(role, 0)} replacement(s) drawn")
     facts = []
     for nid in keys:
         if nid in revealed:
