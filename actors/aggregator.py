@@ -28,7 +28,7 @@ from collections import Counter
 
 from protocols import commitments, crossval, deadlines, messages, obfuscation, receipts, sealing
 from protocols.crypto import SigningKey
-from protocols.errors import (InvalidParams, MessageError, PromptTooLarge, UnknownRequest,
+from protocols.errors import (InvalidParams, MessageError, PromptTooLarge, SelectorMisbehaved, UnknownRequest,
                               UnknownSender, VerinferError, ModelHashMismatch)
 from protocols.ledger import Settlement, Slash
 from protocols.params import SamplingParams
@@ -52,6 +52,7 @@ class Limits:
     client_credit: int = 10**9  # faucet deposit for a new client (dev networks)
     default_p: float = 0.1  # cross-validation check probability when a request names none
     retain_rounds: int = 10000  # finished rounds kept for `final`/`status`; older ones are evicted
+    liveness_interval_s: float = 5.0  # how often a node taken out for lateness is challenged to come back
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Aggregator:
         self._models: dict[str, dict] = {}
         self._clients: set[str] = set()
         self._vrf_key: bytes | None = None
+        self._reviving: dict[str, asyncio.Task] = {}  # node -> its liveness challenge loop
         self._finished: collections.deque = collections.deque()  # eviction order of finished rounds
         self._joined = asyncio.Condition()  # obfuscated: wakes pushes that arrive before their member is known
         self.counters = {"submitted": 0, "final": 0, "resolved": 0, "unresolved": 0, "failed": 0, "messages": 0}
@@ -357,10 +359,12 @@ class Aggregator:
             return
         await self._accept_result(live, nid, res)
 
-    async def _accept_refusal(self, live: Live, nid: str, raw: bytes) -> None:
+    async def _accept_refusal(self, live: Live, nid: str, raw: bytes, pushed: bool = False) -> None:
         """A member says the client's sealed prompt does not open for it. Only a sealed
         request can be refused, and only attested members serve those, so the refusal
         ends the round unresolved (escrow refunded) and nobody is slashed for it."""
+        if pushed:
+            self._authentic(live, nid, raw, "refusal")
         try:
             env = messages.open_envelope(raw, "refusal")
             self._check_member_msg(live, env, nid)
@@ -375,8 +379,10 @@ class Aggregator:
         live.msgs["refusal"] += 1
         await self._run(live, live.round.abort(f"{nid} refused the client's sealed prompt: {env.body['reason']}"))
 
-    async def _accept_result(self, live: Live, nid: str, res: Any) -> None:
+    async def _accept_result(self, live: Live, nid: str, res: Any, pushed: bool = False) -> None:
         rnd = live.round
+        if pushed:  # anyone can push: only the member's own fresh message may count against it
+            env = self._authentic(live, nid, res["envelope"], "result")
         try:
             env = messages.open_envelope(res["envelope"], "result")
             self._check_member_msg(live, env, nid)
@@ -408,8 +414,10 @@ class Aggregator:
             return
         await self._accept_reveal(live, nid, raw)
 
-    async def _accept_reveal(self, live: Live, nid: str, raw: bytes) -> None:
+    async def _accept_reveal(self, live: Live, nid: str, raw: bytes, pushed: bool = False) -> None:
         rnd = live.round
+        if pushed:
+            self._authentic(live, nid, raw, "reveal")
         try:
             env = messages.open_envelope(raw, "reveal")
             self._check_member_msg(live, env, nid)
@@ -425,6 +433,14 @@ class Aggregator:
             return  # late: the member already timed out; its reveal is not evidence of this round
         live.reveals[nid] = env.raw
         await self._run(live, actions)
+
+    def _authentic(self, live: Live, nid: str, raw: bytes, type_: str) -> messages.Envelope:
+        """A pushed message that is not the member's own, or not fresh, changes nothing:
+        raise instead of counting it as the member's failure."""
+        env = messages.open_envelope(raw, type_)
+        self._check_member_msg(live, env, nid)
+        self.guard.check(env)
+        return env
 
     def _check_member_msg(self, live: Live, env: messages.Envelope, nid: str) -> None:
         m = live.round.member(nid, env.sender)
@@ -448,17 +464,17 @@ class Aggregator:
     async def obf_result(self, res: dict) -> None:
         env = messages.open_envelope(res["envelope"], "result")
         live = await self._pushed(env.request_id, env.body["node_id"])
-        await self._accept_result(live, env.body["node_id"], res)
+        await self._accept_result(live, env.body["node_id"], res, pushed=True)
 
     async def obf_reveal(self, raw: bytes) -> None:
         env = messages.open_envelope(raw, "reveal")
         live = await self._pushed(env.request_id, env.body["node_id"])
-        await self._accept_reveal(live, env.body["node_id"], raw)
+        await self._accept_reveal(live, env.body["node_id"], raw, pushed=True)
 
     async def obf_refusal(self, raw: bytes) -> None:
         env = messages.open_envelope(raw, "refusal")
         live = await self._pushed(env.request_id, env.body["node_id"])
-        await self._accept_refusal(live, env.body["node_id"], raw)
+        await self._accept_refusal(live, env.body["node_id"], raw, pushed=True)
 
     async def obf_failure(self, request_id: str, pseudonym: str) -> None:
         live = await self._pushed(request_id, pseudonym)
@@ -500,14 +516,39 @@ class Aggregator:
             stakes = {a.split("/", 1)[1]: v for a, v in result.balances.items() if a.startswith("collateral/")}
             await self.registry.set_stakes.remote(stakes)
             for nid, reason in outcome.slashes:
-                if reason == "timeout":  # an unresponsive node stops being drawn until it re-announces
+                if reason == "timeout":  # an unresponsive node stops being drawn until it answers a challenge
                     await self.registry.set_live.remote(nid, False)
+                    await self.revive(nid)
         return list(result.seqs)
+
+    async def revive(self, node_id: str) -> None:
+        """Challenge a node taken out for lateness until it answers (then it is drawn again)."""
+        if node_id not in self._reviving:
+            self._reviving[node_id] = asyncio.ensure_future(self._revive(node_id))
+
+    async def _revive(self, node_id: str) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.limits.liveness_interval_s)
+                try:
+                    nonce = await self.registry.liveness_challenge.remote(node_id)
+                    sig = await asyncio.wait_for(
+                        (await self._handle(node_id)).answer_liveness.remote(nonce), self.limits.reveal_timeout_s)
+                    if await self.registry.answer_liveness.remote(node_id, sig):
+                        return
+                except Exception:  # still stalled (or gone): try again next interval
+                    continue
+        finally:
+            self._reviving.pop(node_id, None)
 
     async def _finalize(self, live: Live, outcome) -> None:
         rnd = live.round
         live.timings["decided"] = time.time()
-        seqs = await self._settle(live, outcome)
+        try:
+            seqs = await self._settle(live, outcome)
+        except obfuscation.UnblindingRejected as exc:  # the selector lied: slash nobody on its word
+            await self._refuse_lying_selector(live, exc)
+            return
         if live.obfuscated:  # the draws stay secret: the selector's signed pseudonym record stands in
             selection = {"vrf_key": b"", "draws": [],
                          "obfuscated": await self.selector.mapping_record.remote(rnd.request_id)}
@@ -540,6 +581,18 @@ class Aggregator:
             self.rounds.pop(old, None)
             self.guard.forget_messages(old)
             self.selector.forget.remote(old)
+
+    async def _refuse_lying_selector(self, live: Live, exc: Exception) -> None:
+        rnd, b = live.round, live.request.body
+        refund = Settlement(request_id=rnd.request_id, client_id=b["client_id"], escrowed=live.escrowed,
+                            paid_nodes=(), slashes=(), beneficiaries=(), referees=())
+        _raise_group_error(await self.ledger.settle.remote(refund))
+        self.counters["failed"] += 1
+        err = SelectorMisbehaved(f"request {rnd.request_id}: {exc}; nobody was slashed, the escrow was refunded")
+        if not live.first.done():
+            live.first.set_result(None)
+        live.final.set_exception(err)
+        self._finished.append(rnd.request_id)
 
     def debug_state(self, request_id: str) -> bytes:
         """Everything this actor holds about a round, pickled (privacy audits, tests)."""

@@ -32,6 +32,7 @@ BEHAVIOURS = {
     "random": "returns random tokens without running the model",
     "copy": "runs nothing; copies another node's commit hash from the public board",
     "silent": "accepts requests and never answers",
+    "no-reveal": "commits like an honest node, then never reveals",
 }
 
 
@@ -157,6 +158,14 @@ class NodeExecutor:
                 err = exc
         raise err
 
+    def answer_liveness(self, nonce: bytes) -> bytes:
+        """Sign the registry's liveness challenge (a silent node stays silent)."""
+        from protocols import liveness
+
+        if self.behaviour == "silent":
+            raise NodeError(f"{self.node_id} is not answering")
+        return liveness.answer(self.key, self.node_id, nonce)
+
     def set_behaviour(self, behaviour: str) -> None:
         """Experiments only: change how this node answers (engine variants need a reload)."""
         if behaviour not in BEHAVIOURS:
@@ -258,7 +267,7 @@ class NodeExecutor:
         return await self._commit(req.body, self.node_id, role, key, *out)
 
     async def reveal(self, request_id: str, member_id: str | None = None) -> bytes:
-        if self.behaviour == "silent":
+        if self.behaviour in ("silent", "no-reveal"):
             await asyncio.Event().wait()
         member_id = member_id or self.node_id
         if (request_id, member_id) not in self._pending:

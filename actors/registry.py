@@ -53,7 +53,10 @@ MAX_OPEN_CHALLENGES = 8
 
 
 class ModelRegistry:
-    def __init__(self, policy: Any = None, trust_anchors: tuple = (), epoch_s: float = 3600.0) -> None:
+    def __init__(self, policy: Any = None, trust_anchors: tuple = (), epoch_s: float = 3600.0,
+                 min_stake: int = 0) -> None:
+        self.min_stake = int(min_stake)
+        self._liveness: dict[str, bytes] = {}  # node -> open liveness challenge
         self.models: dict[str, ModelRecord] = {}
         self.nodes: dict[str, NodeRecord] = {}
         self.policy = policy  # protocols.attestation.Policy, or None: no TEE class in this network
@@ -274,3 +277,29 @@ class ModelRegistry:
     def set_live(self, node_id: str, live: bool) -> None:
         self._node(node_id).live = bool(live)
         self._changed()
+
+    # --- liveness: a node taken out for lateness returns by answering a fresh challenge
+    def liveness_challenge(self, node_id: str) -> bytes:
+        self._node(node_id)
+        self._liveness[node_id] = os.urandom(32)
+        return self._liveness[node_id]
+
+    def answer_liveness(self, node_id: str, signature: bytes) -> bool:
+        """True once the node is live again. A wrong or replayed answer changes nothing."""
+        from protocols import liveness
+        from protocols.errors import MessageError
+
+        rec = self._node(node_id)
+        nonce = self._liveness.get(node_id)
+        if nonce is None:
+            raise NodeError(f"no open liveness challenge for {node_id}")
+        try:
+            liveness.check(rec.pubkey, node_id, nonce, signature)
+        except MessageError:
+            return False
+        del self._liveness[node_id]  # each challenge opens once
+        if rec.live or not liveness.may_return(rec.stake, self.min_stake):
+            return rec.live
+        rec.live = True
+        self._changed()
+        return True

@@ -143,6 +143,12 @@ class ObfuscatingSelector(QuorumSelector):
         # request id -> {"members": {pid: (node id, salt, pseudonym key, role, attestation | None, replacement)},
         #                "served": set(node ids), "held": tickets not yet sent}
         self.obf: dict[str, dict] = {}
+        self.frame: str | None = None  # experiments only: a lying selector names this node when unblinding
+
+    def set_behaviour(self, frame: str | None) -> None:
+        """Experiments only: `frame` = a node id this selector falsely names for every slashed
+        pseudonym (the aggregator must catch it against the committed mapping); None = honest."""
+        self.frame = frame
 
     def bind(self, aggregator: Any, ledger: Any) -> None:
         self.aggregator, self.ledger = aggregator, ledger
@@ -215,7 +221,7 @@ class ObfuscatingSelector(QuorumSelector):
         out = {}
         for p in pseudonyms:
             nid, salt, _, _, att, _ = members[p]
-            out[p] = (nid, salt, att["digest"] if att else "", att["evidence"] if att else b"")
+            out[p] = (self.frame or nid, salt, att["digest"] if att else "", att["evidence"] if att else b"")
         return out
 
     def mapping_record(self, request_id: str) -> dict:
@@ -247,6 +253,7 @@ class ObfuscatingSelector(QuorumSelector):
             for p, why in slashes:
                 if why == "timeout":
                     await self.registry.set_live.remote(nid[p], False)
+                    await self.aggregator.revive.remote(nid[p])  # the node is unblinded already: it was slashed
         return {"seqs": list(result.seqs)}
 
     def forget(self, request_id: str) -> None:

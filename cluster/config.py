@@ -208,6 +208,8 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> NetworkConfig:
     for f in ("timeout_s", "reveal_timeout_s"):
         if not isinstance(getattr(limits, f), (int, float)) or not 0 < getattr(limits, f) <= 3600:
             raise ConfigError(f"limits.{f} must be a positive number of seconds, at most 3600")
+    if not isinstance(limits.liveness_interval_s, (int, float)) or limits.liveness_interval_s <= 0:
+        raise ConfigError("limits.liveness_interval_s must be a positive number of seconds")
     if not isinstance(limits.timeout_per_token_s, (int, float)) or limits.timeout_per_token_s < 0:
         raise ConfigError("limits.timeout_per_token_s must be a non-negative number")
     if not isinstance(limits.default_p, (int, float)) or not 0 <= limits.default_p <= 1:

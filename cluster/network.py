@@ -145,7 +145,8 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
             anchors = tuple(fetch_nras_anchors())
             att_spec = {"provider": "nvidia"}
     ledger = ray.remote(SlashingLedger).options(**opts("ledger", max_restarts=-1, max_task_retries=-1)).remote(path, cfg.economics)
-    registry = ray.remote(ModelRegistry).options(**opts("registry")).remote(policy, anchors, att.epoch_s)
+    registry = ray.remote(ModelRegistry).options(**opts("registry")).remote(policy, anchors, att.epoch_s,
+                                                                     cfg.economics.min_stake)
     selector = ray.remote(ObfuscatingSelector).options(**opts("selector")).remote(
         registry, cfg.economics.min_stake, embargo_s=cfg.network.draw_embargo_s)
     aggregator = ray.remote(Aggregator).options(**opts("aggregator", max_concurrency=10000)).remote(

@@ -93,6 +93,11 @@ class NotEnoughNodes(NodeError):
     """Fewer eligible nodes than the quorum asks for."""
 
 
+class SelectorMisbehaved(NodeError):
+    """The selector's unblinding does not open the mapping it committed to: nobody is
+    slashed on its word, the client is refunded, and the evidence is reported."""
+
+
 # --- ledger -------------------------------------------------------------------
 class LedgerError(VerinferError):
     """Ledger refused a change; nothing was written."""

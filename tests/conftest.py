@@ -39,7 +39,8 @@ def tiny_net(ray_cluster, tmp_path_factory):
     cfg.nodes[0].cpus = 0.05  # leave CPUs free for the other networks tests deploy next to it
     cfg.limits.timeout_s = 4.0
     cfg.limits.reveal_timeout_s = 4.0
-    network = deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("ledger") / "ledger.db"))
+    cfg.limits.liveness_interval_s = 0.2
+    network = track(deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("ledger") / "ledger.db")))
     yield network
     teardown(network)
 
@@ -79,16 +80,46 @@ def uuid_hex() -> str:
     return uuid.uuid4().hex
 
 
-@pytest.fixture
-def conserved(tiny_net):
-    """After the test: money conserved and the ledger's hash chain intact."""
+NETWORKS: list = []  # every network a test deployed; the books of each are checked after every test
+
+
+def track(net):
+    NETWORKS.append(net)
+    return net
+
+
+def check_books(net, settle_s: float = 120.0) -> None:
+    """Once no round is open: money conserved, no escrow left locked, hash chain intact."""
+    import time
+
     import ray
 
     from protocols.ledger import check_conservation
 
+    deadline = time.time() + settle_s
+    while ray.get(net.aggregator.stats.remote())["open"]:  # rounds still running settle first
+        assert time.time() < deadline, "rounds still open long after the test"
+        time.sleep(0.05)
+    balances = ray.get(net.ledger.balances.remote())
+    check_conservation(balances)
+    locked = {k: v for k, v in balances.items() if k.startswith("escrow/") and v}
+    assert not locked, f"escrow left locked: {locked}"
+    ray.get(net.ledger.verify.remote())
+
+
+@pytest.fixture
+def conserved():
+    """After the test: the books of every network still up balance (see check_books)."""
     yield
-    check_conservation(ray.get(tiny_net.ledger.balances.remote()))
-    ray.get(tiny_net.ledger.verify.remote())
+    import ray
+
+    for net in list(NETWORKS):
+        try:
+            ray.get(net.ledger.balances.remote(), timeout=30)
+        except Exception:  # torn down
+            NETWORKS.remove(net)
+            continue
+        check_books(net)
 
 
 def request_id_drawing(net, want: set, n: int, avoid: set = frozenset()) -> str:
@@ -127,7 +158,7 @@ def deploy_tiny(tmp_path_factory, prefix: str, count: int, **attestation):
     cfg.nodes[0].cpus = 0.05
     for k, v in attestation.items():
         setattr(cfg.attestation, k, v)
-    return deploy(cfg, ledger_path=str(tmp_path_factory.mktemp(prefix) / "ledger.db"))
+    return track(deploy(cfg, ledger_path=str(tmp_path_factory.mktemp(prefix) / "ledger.db")))
 
 
 def set_tcb(net, node_id: str, version: int) -> None:

@@ -94,11 +94,14 @@ def receipt(ray_cluster, tmp_path_factory):
     cfg.network.name = f"t-cli-{uuid.uuid4().hex[:6]}"
     cfg.malicious = {}
     cfg.nodes[0].count = N_NODES
+    from tests.conftest import check_books
+
     net = deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("cli-ledger") / "ledger.db"))
     try:
         client = net.client()
         res = client.generate("hi", n=3, max_tokens=6).result()
         key = client.aggregator_key
+        check_books(net)
     finally:
         teardown(net)
     assert res.status == "final"

@@ -15,6 +15,11 @@ from tests.conftest import deploy_tiny, set_tcb, trust_roots
 EPOCH_S = 3.0
 
 
+@pytest.fixture(autouse=True)
+def _conserved(conserved):
+    yield
+
+
 @pytest.fixture(scope="module")
 def epoch_net(ray_cluster, tmp_path_factory):
     # renew 1.5 s before each 3 s epoch ends

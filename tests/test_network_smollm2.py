@@ -14,13 +14,20 @@ from protocols import messages, receipts
 pytestmark = pytest.mark.smollm2
 
 
+@pytest.fixture(autouse=True)
+def _conserved(conserved):
+    yield
+
+
 @pytest.fixture(scope="module")
 def smol_net(ray_cluster, tmp_path_factory):
     cfg = cfgmod.load("default.toml")
     cfg.network.name = f"t-smol-{uuid.uuid4().hex[:6]}"
     cfg.malicious = {}
     cfg.nodes[0].count = 3
-    net = deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("smol") / "ledger.db"))
+    from tests.conftest import track
+
+    net = track(deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("smol") / "ledger.db")))
     yield net
     teardown(net)
 

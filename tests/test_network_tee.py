@@ -215,6 +215,8 @@ def test_weights_are_encrypted_on_disk_and_decrypt_only_with_the_released_key(ti
 @pytest.mark.parametrize("mode", ["sampling", "obfuscated"])
 def test_a_sealed_prompt_that_does_not_open_ends_the_round_and_slashes_nobody(tiny_net, tiny_client, mode):
     before = ray.get(tiny_net.ledger.balances.remote("collateral/"))
+    mine = f"client/{tiny_client.client_id}"
+    funds = tiny_client.ledger_balances(mine)[mine]
     raw, rid = tiny_client.build_request("the prompt I signed", mode=mode, n=2, max_tokens=4, require_tee=True)
     blob = tiny_client.seal_for_attested("a prompt I did not sign", rid, tiny_net.config.default_model)
     res = tiny_client.submit_raw(raw, blob).result()
@@ -222,6 +224,7 @@ def test_a_sealed_prompt_that_does_not_open_ends_the_round_and_slashes_nobody(ti
     detail = messages.open_envelope(res.receipt, "receipt").body["decision"]["detail"]
     assert "refused the client's sealed prompt" in detail
     assert ray.get(tiny_net.ledger.balances.remote("collateral/")) == before  # no honest node pays for it
+    assert tiny_client.ledger_balances(mine)[mine] == funds  # the client got its escrow back in full
 
 
 def test_a_client_that_trusts_another_root_seals_to_nobody_and_says_so(tiny_net):
