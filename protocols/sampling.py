@@ -148,8 +148,8 @@ class Round:
 
     @property
     def branch(self) -> str:
-        if self.mode != CROSS_VALIDATION:
-            return ""
+        if self.mode != CROSS_VALIDATION or self.coin is None:
+            return ""  # (a round that ended before its coin was flipped took no branch)
         return "checked" if self.coin else "unchecked"
 
     # --- views

@@ -117,12 +117,33 @@ def test_a_round_without_replacements_finishes_degraded(tiny_net, tiny_client, b
     assert len(res.summary.paid) == 7 and res.summary.slashed == (("tiny-01", "timeout"),)
 
 
-def test_cross_validation_executor_that_times_out_is_replaced(tiny_net, tiny_client, behave):
+def test_a_lone_cross_validation_executor_that_stalls_is_excused_and_the_client_refunded(
+        tiny_net, tiny_client, behave):
     behave("tiny-04", "silent")
+    before = collateral(tiny_net)
     res = tiny_client.generate("cv stall", mode="cross-validation", n=2, p=0.0, max_tokens=4,
                                request_id=request_id_drawing(tiny_net, {"tiny-04"}, 1)).result(timeout=120)
-    assert res.status == "final" and res.branch == "unchecked"
-    assert res.summary.slashed == (("tiny-04", "timeout"),) and len(res.summary.paid) == 1
+    assert res.status == "unresolved" and res.branch == "" and res.summary.slashed == ()  # no coin was flipped
+    assert decision_of(res)["excused"] == ["tiny-04"] and collateral(tiny_net) == before
+
+
+def test_cross_validation_verifier_that_times_out_is_replaced(tiny_net, tiny_client, behave):
+    from cluster.demo import operator_vrf_key
+    from protocols import selection
+
+    key, pool = operator_vrf_key(tiny_net), sorted(tiny_net.executors)
+    late = "tiny-04"
+    for _ in range(5000):  # the operator previews both draws: executor, then verifiers
+        rid = __import__("uuid").uuid4().hex
+        ex = selection.draw(pool, 1, selection.draw_randomness(key, rid, "quorum")[0])
+        ver = selection.draw([x for x in pool if x not in ex], 2, selection.draw_randomness(key, rid, "verify")[0])
+        if late in ver:
+            break
+    behave(late, "silent")
+    res = tiny_client.generate("cv verifier stall", mode="cross-validation", n=2, p=1.0, max_tokens=4,
+                               request_id=rid).result(timeout=120)
+    assert res.status == "final" and res.branch == "checked"
+    assert res.summary.slashed == ((late, "timeout"),) and len(res.summary.paid) == 3  # 1 + N reached
 
 
 def test_obfuscated_member_that_times_out_is_replaced_and_only_it_unblinded(tiny_net, tiny_client, behave):

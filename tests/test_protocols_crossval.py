@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from actors.engines import decoding
-from protocols import commitments, crossval
+from protocols import commitments, crossval, messages
 from protocols.crypto import SigningKey
 from protocols.errors import InvalidParams, MessageError
 from protocols.params import SamplingParams
@@ -105,14 +105,46 @@ def test_judge_near_tie_is_uncertain_not_a_verdict():
 
 
 def test_uncertain_prefill_falls_back_to_regeneration_on_a_real_engine(monkeypatch):
+    """A verifier handed a claim that prefill is unsure about must regenerate and commit
+    to its own decode, not to the claim. Drives NodeExecutor.execute in-process (no Ray)."""
+    import asyncio
+
     from actors.engines.tiny import TinyEngine
+    from actors.executor import NodeExecutor
 
     eng = TinyEngine()
     eng.load()
-    gen = eng.generate("near tie", SamplingParams(max_tokens=8))
-    calls = []
-    monkeypatch.setattr(decoding, "judge", lambda *a, **k: calls.append(1) or decoding.Verdict(False, True, None))
-    assert eng.verify_prefill("near tie", SamplingParams(max_tokens=8), gen.token_ids).uncertain
-    # the executor then regenerates with decode numerics: same tokens as the executor's own run
-    assert eng.generate("near tie", SamplingParams(max_tokens=8)).token_ids == gen.token_ids
-    assert calls
+    prompt, rid = "near tie", "uncertain-rid"
+    params = SamplingParams(max_tokens=8).with_seed_for(rid)
+    plain = eng.generate(prompt, params).token_ids
+    assert plain, "the tiny model must produce tokens for this prompt"
+    claimed = [(t + 1) % 256 for t in plain]  # a claim that differs from what decode gives
+    assert claimed != plain
+
+    client = SigningKey(b"\x42" * 32)
+    nonce = b"\x01" * 16
+    body = {"request_id": rid, "client_id": messages.client_id_of(client.public), "model_id": "tiny",
+            "model_hash": eng.model_hash(), "prompt_hash": commitments.prompt_hash(prompt, nonce),
+            "prompt_len": len(prompt), "params": params.to_wire(), "mode": CROSS_VALIDATION, "n": 1,
+            "timeout_s": 10.0, "nonce": nonce, "created_at": 0.0}
+    request_raw = messages.seal("request", body, client).raw
+
+    ex = NodeExecutor("v1", {"engine": "tiny"}, key_seed=b"\x07" * 32)
+    ex.engine = eng
+
+    judged = []
+
+    def uncertain(rows, claim, *a, **k):
+        judged.append(list(claim))
+        return decoding.Verdict(False, True, None)
+
+    monkeypatch.setattr(decoding, "judge", uncertain)
+    res = asyncio.run(ex.execute(request_raw, prompt, "quorum", claimed=claimed))
+    assert judged == [claimed]  # prefill verification really ran on the claim
+    assert res["method"] == "prefill-uncertain+generate"
+    assert res["output"]["token_ids"] == plain  # regenerated: the node's own decode, not the claim
+    reveal = messages.open_envelope(asyncio.run(ex.reveal(rid)), "reveal").body
+    assert reveal["commitment"] == commitments.output_commitment(
+        rid, eng.model_hash(), body["prompt_hash"], params.to_wire(), plain)
+    assert reveal["commitment"] != commitments.output_commitment(
+        rid, eng.model_hash(), body["prompt_hash"], params.to_wire(), claimed)
