@@ -39,6 +39,7 @@ from .errors import MessageError, ReceiptInvalid
 
 QUORUM, REFEREE = "quorum", "referee"
 COIN_LABEL = "coin"  # the VRF label of the cross-validation coin
+COIN_FIELDS = frozenset({"commit", "seed", "proof", "p", "node_id", "commit_hash", "checked"})
 DECISION_FIELDS = frozenset(decision.RECORD_FIELDS) | {"mode", "coin", "unblinded"}
 
 
@@ -208,7 +209,7 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
     if mode == "cross-validation" and coin is None:
         want = 1  # the round ended before the executor committed: no coin, no branch
     elif mode == "cross-validation":
-        if not isinstance(coin, dict):
+        if not isinstance(coin, dict) or set(coin) != COIN_FIELDS:
             _fail("cross-validation receipt with a malformed coin")
         if commits.get(coin["node_id"]) != coin["commit_hash"] or roles.get(coin["node_id"]) != QUORUM:
             _fail("the coin was not flipped on the executor's commitment")
