@@ -62,6 +62,7 @@ class NodeExecutor:
         self._inbox: collections.deque = collections.deque(maxlen=256)
         self._seen = messages.ReplayGuard()
         self._executed = 0
+        self._calls: collections.Counter = collections.Counter()  # request id -> protocol calls received
 
     # --- lifecycle
     async def ready(self) -> dict:
@@ -258,6 +259,7 @@ class NodeExecutor:
         Verification tries one prefill pass; if the claim is rejected or a near-tie
         makes prefill unsure, the node regenerates and commits to its own output.
         `signer`: the public key the draw named (keys rotate between epochs)."""
+        self._calls[messages.open_envelope(request_raw, "request").request_id] += 1
         key = self._signer(signer)
         try:
             req, prompt = self._check_request(request_raw, prompt)
@@ -267,6 +269,8 @@ class NodeExecutor:
         return await self._commit(req.body, self.node_id, role, key, *out)
 
     async def reveal(self, request_id: str, member_id: str | None = None) -> bytes:
+        if member_id is None:  # (reveal_ticket counts its own call)
+            self._calls[request_id] += 1
         if self.behaviour in ("silent", "no-reveal"):
             await asyncio.Event().wait()
         member_id = member_id or self.node_id
@@ -287,6 +291,7 @@ class NodeExecutor:
         """Open the selector's ticket, run, and push the result (signed with the
         ticket's one-time key) to the aggregator. Nothing here names another member."""
         req = messages.open_envelope(request_raw, "request")
+        self._calls[req.request_id] += 1
         ticket = self._open_sealed(
             lambda kem: obfuscation.open_ticket(sealed_ticket, req.request_id, kem, selector_public))
         signer = ticket.key
@@ -304,8 +309,13 @@ class NodeExecutor:
         return {"pseudonym": pid}
 
     async def reveal_ticket(self, request_id: str, pseudonym: str) -> None:
+        self._calls[request_id] += 1
         raw = await self.reveal(request_id, pseudonym)
         await self._aggregator().obf_reveal.remote(raw)
+
+    def protocol_calls(self, request_id: str) -> int:
+        """How many protocol calls (execute, reveal, and their ticket forms) reached this node."""
+        return self._calls[request_id]
 
     def received(self, request_id: str) -> list:
         """Every input this node received for a request (for privacy audits and tests)."""

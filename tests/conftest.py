@@ -37,8 +37,10 @@ def tiny_net(ray_cluster, tmp_path_factory):
     cfg.network.name = f"t-net-{uuid.uuid4().hex[:6]}"
     cfg.malicious = {}
     cfg.nodes[0].cpus = 0.05  # leave CPUs free for the other networks tests deploy next to it
-    cfg.limits.timeout_s = 4.0
-    cfg.limits.reveal_timeout_s = 4.0
+    # the network's member deadline: generous for an honest tiny node on a loaded 2-core machine
+    # (a client may not shorten it), short enough that silent-node tests stay quick
+    cfg.limits.timeout_s = 6.0
+    cfg.limits.reveal_timeout_s = 6.0
     cfg.limits.liveness_interval_s = 0.2
     network = track(deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("ledger") / "ledger.db")))
     yield network

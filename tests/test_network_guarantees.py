@@ -171,3 +171,23 @@ def test_a_lying_selector_cannot_frame_an_honest_node(tiny_net, tiny_client, beh
         ray.get(tiny_net.selector.set_behaviour.remote(None))
     assert collateral(tiny_net) == before  # neither the framed node nor anyone else lost a unit
     assert tiny_client.ledger_balances(mine)[mine] == funds
+
+
+def test_obfuscated_draws_stay_secret_until_the_embargo_then_verify(tiny_net, tiny_client):
+    from protocols import selection
+    from protocols.errors import InvalidParams
+
+    res = tiny_client.generate("who drew me?", mode="obfuscated", n=2, max_tokens=4).result(timeout=120)
+    rid = res.request_id
+    body = messages.open_envelope(res.receipt, "receipt").body
+    assert body["selection"]["draws"] == [] and body["selection"]["vrf_key"] == b""  # nothing to recompute from
+    with pytest.raises(InvalidParams, match="secret"):
+        ray.get(tiny_net.selector.record.remote(rid))
+    with pytest.raises(InvalidParams, match="embargo"):
+        ray.get(tiny_net.selector.disclose.remote(rid))
+    later = time.time() + tiny_net.config.network.draw_embargo_s + 1
+    audit = ray.get(tiny_net.selector.disclose.remote(rid, later))  # an auditor, after the embargo
+    (d,) = audit["draws"]
+    selection.verify_seed(audit["vrf_key"], rid, d["label"], d["seed"], d["proof"])
+    assert selection.verify_draw(d["eligible"], 3, d["seed"], d["selected"])
+    assert audit["vrf_key"] == tiny_client.vrf_key
