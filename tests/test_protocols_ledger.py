@@ -186,21 +186,51 @@ def test_conservation_check():
         check_conservation({EXTERNAL: -10, "client/a": 4, TREASURY: 7})
 
 
-def test_keys_deterministic_and_retry_is_noop():
+def test_keys_deterministic_and_retry_is_noop(tmp_path):
+    from actors.ledger import LedgerStore, SettleJob  # the store is where applied keys are filtered
+
     b = funded(nodes=("a", "b", "bad"))
     s = Settlement("r1", "c1", 300, paid_nodes=("a", "b"), slashes=(Slash("bad", "cheat"),),
                    beneficiaries=("a", "b"), referees=("z",))
     ps1 = settlement_postings(s, b, ECON)
     ps2 = settlement_postings(dataclasses.replace(s, paid_nodes=("b", "a")), b, ECON)
     assert ps1 == ps2  # same facts, same postings, same keys
+    assert len({p.key for p in ps1}) == len(ps1)
     after = apply_postings(b, ps1)
+    # the first application moves exactly: 90 reward + 450 slash share to each paid node,
+    # 100 (the referee's 10% of the 1000 slashed) to z, 2 fees to the treasury, the 100
+    # unspent escrow back to the client; all of bad's collateral and all of the escrow leave
+    moved = {a: after.get(a, 0) - b.get(a, 0) for a in after.keys() | b.keys()}
+    assert {a: d for a, d in moved.items() if d} == {
+        rewards_account("a"): 540, rewards_account("b"): 540, rewards_account("z"): 100,
+        TREASURY: 20, "client/c1": 100, collateral_account("bad"): -1000, "escrow/r1": -300}
+    check_conservation(after)
     # recomputing after the fact gives other amounts (collateral and escrow are gone),
     # which is why the store records each settlement and replays its stored result
     with pytest.raises(InsufficientFunds):
         settlement_postings(s, after, ECON)
-    # a retried group is filtered by applied keys and changes nothing
-    applied = {p.key for p in ps1}
-    assert apply_postings(after, [p for p in ps1 if p.key not in applied]) == after
+
+    # the same settlement applied through the store, then retried
+    st = LedgerStore(str(tmp_path / "l.db"))
+    setup = (deposit_postings("client/c1", 1000, "dep-c1")
+             + [p for n in ("a", "b", "bad") for p in deposit_postings(collateral_account(n), 1000, f"stake-{n}")]
+             + escrow_postings("r1", "c1", 300))
+    [r0] = st.commit_groups([(setup, 1.0)])
+    assert r0.ok and st.balances() == {a: v for a, v in b.items()}
+    [first] = st.commit_groups([(SettleJob(s, ECON), 2.0)])
+    assert first.ok and first.applied == len(ps1) and set(first.keys) == {p.key for p in ps1}
+    assert {a: v for a, v in st.balances().items() if v} == {a: v for a, v in after.items() if v}
+    bal, head, n_entries = st.balances(), st.head(), len(st.entries())
+    assert n_entries == len(setup) + len(ps1) and head[0] == n_entries
+    # a retried settle (in a later transaction, and twice in one) and a retried raw group of
+    # the very same postings: nothing moves, no entry is added, original seqs come back
+    retries = st.commit_groups([(SettleJob(s, ECON), 3.0), (SettleJob(s, ECON), 3.0), (ps1, 3.0)])
+    for r in retries:
+        assert r.ok and r.applied == 0 and all(r.duplicate)
+        assert dict(zip(r.keys, r.seqs)) == dict(zip(first.keys, first.seqs))
+    assert st.balances() == bal
+    assert st.head() == head and len(st.entries()) == n_entries
+    st.verify()
     assert escrow_postings("r1", "c1", 5)[0].key == escrow_postings("r1", "c1", 5)[0].key
     assert deposit_postings("client/a", 1, "k")[0].key != withdraw_postings("client/a", 1, "k")[0].key
 
