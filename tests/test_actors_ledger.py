@@ -16,7 +16,7 @@ from protocols.errors import ChainBroken, InsufficientFunds
 from protocols.ledger import (
     EXTERNAL, TREASURY, BalanceMismatch, Economics, Posting, Settlement, SettlementConflict, Slash,
     check_conservation, collateral_account, deposit_postings, escrow_postings, rewards_account,
-    withdraw_postings,
+    verify_chain, withdraw_postings,
 )
 
 ECON = Economics(price=100, fee_fraction=0.1, collateral=1000, min_stake=500)
@@ -182,24 +182,66 @@ def test_actor_concurrent_identical_settles_pay_once(ray_cluster, ledger):
 
 
 def test_actor_group_commit_batches_many_submissions(ray_cluster, ledger):
+    """Submissions that arrive while a commit is in flight share the next commit.
+
+    Event-driven, not timed: a hook in the actor holds the first commit inside the
+    writer thread until every later submission is queued, so the outcome does not
+    depend on how fast Ray delivers calls: exactly two commits, the second carrying
+    every queued group. Without group commit it would be one commit per group."""
     ray = ray_cluster
+
+    def hold_first_commit(actor):  # runs inside the actor process
+        import threading
+
+        commit = actor._store.commit_groups
+        entered, release = threading.Event(), threading.Event()
+
+        def gated(groups):
+            if not release.is_set():
+                entered.set()
+                release.wait(120)
+            return commit(groups)
+
+        actor._store.commit_groups = gated
+        actor._test_gate = (entered, release)
+
+    def wait_until(check, what):
+        deadline = time.time() + 60
+        while not check():
+            assert time.time() < deadline, what
+            time.sleep(0.01)
+
+    ray.get(ledger.__ray_call__.remote(hold_first_commit))
+    first = ledger.submit.remote(*dep(0))
+    wait_until(lambda: ray.get(ledger.__ray_call__.remote(lambda a: a._test_gate[0].is_set())),
+               "the first commit never started")
     n = 500
-    refs = [ledger.submit.remote(*dep(i)) for i in range(n)]
+    refs = [ledger.submit.remote(*dep(i)) for i in range(1, n + 1)]
     overdraw = ledger.submit.remote(withdraw_postings("client/c", 10**6, "drain"))
-    more = [ledger.submit.remote(*dep(i)) for i in range(n, n + 50)]
-    results = ray.get(refs + more)
-    assert all(r.ok and r.applied == 1 for r in results)
+    more = [ledger.submit.remote(*dep(i)) for i in range(n + 1, n + 51)]
+    queued = n + 51
+    wait_until(lambda: ray.get(ledger.stats.remote())["pending"] == queued,
+               "submissions never queued behind the held commit")
+    held = ray.get(ledger.stats.remote())
+    assert held["commits"] == 0 and not ray.wait([first], timeout=0)[0]  # nothing acked before durable
+    ray.get(ledger.__ray_call__.remote(lambda a: a._test_gate[1].set()))
+
+    results = ray.get([first] + refs + more)
     bad = ray.get(overdraw)
-    assert isinstance(bad.error, InsufficientFunds) and bad.seqs == ()
-    st = ray.get(ledger.stats.remote())
-    assert st["groups"] == n + 51 and st["entries"] == n + 50
-    # Ray delivers ~1k calls/s on 2 cores and a commit takes ~1 ms, so batches are
-    # a few groups on average (4-7 measured) and much larger under bursts
-    assert st["commits"] < st["groups"] / 2 and st["max_groups_per_commit"] > 10, st
-    bal = ray.get(ledger.balances.remote())
-    assert bal["client/c"] == n + 50
-    assert len({r.seqs[0] for r in results}) == n + 50
+    # every submission acknowledged once, durable, with its own entry
+    assert all(r.ok and r.applied == 1 and r.duplicate == (False,) for r in results)
+    assert sorted(r.seqs[0] for r in results) == list(range(1, n + 52))
+    assert isinstance(bad.error, InsufficientFunds) and bad.seqs == ()  # rejected alone, inside the batch
+    entries = ray.get(ledger.entries.remote())
+    assert sorted(e.key for e in entries) == sorted(p.key for i in range(n + 51) for p in dep(i)[0])
+    assert verify_chain(entries) == ray.get(ledger.head.remote())[1]
     ray.get(ledger.verify.remote())
+    assert ray.get(ledger.balances.remote())["client/c"] == n + 51
+    st = ray.get(ledger.stats.remote())
+    assert st["groups"] == n + 52 and st["entries"] == n + 51 and st["pending"] == 0
+    # group commit: the held commit, then one commit of everything queued behind it
+    assert st["commits"] == 2 and st["max_groups_per_commit"] == queued, st
+    assert st["commits"] < st["groups"]
 
 
 def test_actor_survives_sigkill_with_submissions_in_flight(ray_cluster, tmp_path):
