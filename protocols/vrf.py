@@ -75,6 +75,12 @@ class VrfKey:
         self._crt = (p, q, d % (p - 1), d % (q - 1), pow(q, -1, p))
         self.public = key.public_key().export_key(format="DER")
 
+    def __getstate__(self) -> dict:  # pickles as DER (pycryptodome's RSA objects do not pickle)
+        return {"der": self.export()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["der"])
+
     def export(self) -> bytes:
         """DER of the private key (for the selector's durable state, sealed at rest)."""
         return self._key.export_key(format="DER")
