@@ -199,3 +199,21 @@ def test_draws_must_carry_the_selectors_vrf_proof(sims):
     f["selection"]["draws"][0]["seed"] = bytes(32)
     with pytest.raises(ReceiptInvalid, match="VRF"):
         receipts.verify_receipt(messages.seal("receipt", f, AGGREGATOR_KEY).raw)
+
+
+def test_verinfer_verify_rejects_a_re_signed_forged_decision(sims, tmp_path, capsys):
+    from cluster import cli
+
+    sim = sims["resolved"]
+    body = messages.open_envelope(sim.receipt(), "receipt").body
+    good = tmp_path / "good.receipt"
+    good.write_bytes(sim.receipt())
+    assert cli.main(["verify", str(good)]) == 0
+    forged = copy.deepcopy(body)
+    forged["decision"]["slashes"] = []  # the cheater walks away
+    bad = tmp_path / "forged.receipt"
+    bad.write_bytes(messages.seal("receipt", forged, OTHER_KEY).raw)
+    assert cli.main(["verify", str(bad)]) == 1
+    assert "INVALID" in capsys.readouterr().out
+    pinned = ["--selector-key", VRF_KEY.public.hex(), "--aggregator-key", AGGREGATOR_KEY.public.hex()]
+    assert cli.main(["verify", str(good), *pinned]) == 0
