@@ -26,7 +26,7 @@ from typing import Any
 
 from collections import Counter
 
-from protocols import commitments, crossval, deadlines, messages, obfuscation, receipts, sealing
+from protocols import commitments, crossval, deadlines, messages, modes, obfuscation, receipts, sealing
 from protocols.crypto import SigningKey
 from protocols.errors import (InvalidParams, MessageError, PromptTooLarge, SelectorMisbehaved, UnknownRequest,
                               UnknownSender, VerinferError, ModelHashMismatch)
@@ -35,9 +35,7 @@ from protocols.params import SamplingParams
 from protocols.sampling import (CROSS_VALIDATION, QUORUM, REFEREE, RUNNING, SAMPLING, Dispatch, DrawReferees, DrawReplacements,
                                 DrawVerifiers, Finalize, FirstOutput, FlipCoin, RequestReveals, Round)
 
-OBFUSCATED = "obfuscated"
-TEE = "tee"  # one node with valid attestation
-MODES = (SAMPLING, CROSS_VALIDATION, OBFUSCATED, TEE)
+MODES = modes.MODES  # (kept for importers; the specs live in protocols.modes)
 
 
 @dataclass
@@ -133,7 +131,7 @@ class Aggregator:
         if b["sealed"]:  # we only ever hold the ciphertext; executors check the hash after opening it
             if not isinstance(prompt, bytes) or len(prompt) > 8 * self.limits.max_prompt_chars + 64 * 1024:
                 raise PromptTooLarge("sealed prompt is not bytes or is too large")
-            if not (b["require_tee"] or b["mode"] == TEE):
+            if not modes.spec(b["mode"]).sealed(b["require_tee"]):
                 raise InvalidParams("sealed prompts go only to attested nodes: set require_tee")
             try:
                 recipients = tuple(sorted(sealing.prompt_recipients(prompt)))
@@ -147,14 +145,10 @@ class Aggregator:
                 raise PromptTooLarge(f"prompt has {len(prompt)} characters, limit {self.limits.max_prompt_chars}")
             if commitments.prompt_hash(prompt, b["nonce"]) != b["prompt_hash"] or b["prompt_len"] != len(prompt):
                 raise MessageError("prompt does not match the signed prompt hash")
-        if b["mode"] not in MODES:
-            raise InvalidParams(f"mode {b['mode']!r} is not served; choose from {MODES}")
-        if not 1 <= b["n"] <= self.limits.max_n:
-            raise InvalidParams(f"n must be in 1..{self.limits.max_n}")
-        if b["mode"] == CROSS_VALIDATION:
+        mode = modes.spec(b["mode"])
+        mode.check_n(b["n"], self.limits.max_n)
+        if mode.round_kind == CROSS_VALIDATION:
             crossval.check_probability(self.limits.default_p if b["p"] is None else b["p"])
-        if b["mode"] == TEE and b["n"] != 1:
-            raise InvalidParams("mode tee runs on one attested node: n must be 1 (use --require-tee for quorums)")
         params = SamplingParams.from_wire(b["params"])
         if params.max_tokens > self.limits.max_tokens:
             raise InvalidParams(f"max_tokens exceeds the network limit of {self.limits.max_tokens}")
@@ -179,11 +173,11 @@ class Aggregator:
         b = req.body
         rid = b["request_id"]
         self.guard.record(req)
-        cv, obf = b["mode"] == CROSS_VALIDATION, b["mode"] == OBFUSCATED
-        tee = b["mode"] == TEE or b["require_tee"]
-        size = b["n"] + 1 if obf else (1 if cv else b["n"])  # obfuscated: N+1 in parallel
-        runs = 1 + b["n"] if cv else size  # cross-validation escrows for the worst case, refunds the rest
-        amount = self.econ.price * runs
+        mode = modes.spec(b["mode"])
+        cv, obf = mode.round_kind == CROSS_VALIDATION, mode.pseudonymous
+        tee = mode.attested or b["require_tee"]
+        size = mode.members(b["n"])  # obfuscated: N+1 in parallel
+        amount = self.econ.price * mode.escrowed_runs(b["n"])  # cross-validation: the worst case, rest refunded
         loop = asyncio.get_running_loop()
         deadline = self._deadline_rule(await self._model(b["model_id"])).member_deadline(
             SamplingParams.from_wire(b["params"]).max_tokens, b["timeout_s"])

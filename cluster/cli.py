@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from protocols.modes import MODES
+
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
@@ -265,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     net_args(s)
     s.add_argument("--prompt", required=True)
     s.add_argument("--model", default=None)
-    s.add_argument("--mode", default=None, choices=["sampling", "cross-validation", "obfuscated", "tee"],
+    s.add_argument("--mode", default=None, choices=list(MODES),
                    help="sampling: N nodes agree; cross-validation: 1 node, re-checked by N with prob. p; "
                         "obfuscated: N+1 nodes with blinded identities; tee: one attested node")
     s.add_argument("--require-tee", action="store_true", help="serve only on nodes with valid attestation")

@@ -23,7 +23,7 @@ from typing import Any
 
 import ray
 
-from protocols import commitments, messages, receipts
+from protocols import commitments, messages, modes, receipts
 from protocols.crypto import SigningKey
 from protocols.canonical import unpack
 from protocols.sealing import KemKey, output_info
@@ -175,11 +175,12 @@ class Client:
             "request_id": rid, "client_id": self.client_id, "model_id": model, "model_hash": self._hashes[model],
             "prompt_hash": commitments.prompt_hash(prompt, nonce), "prompt_len": len(prompt),
             "params": params.to_wire(),
-            "mode": mode or self.config.network.default_mode, "n": int(n or self.config.network.default_n),
+            "mode": mode, "n": int(n or self.config.network.default_n),
             "timeout_s": float(timeout_s or self.config.limits.timeout_s), "nonce": nonce,
             "created_at": time.time(), "p": None if p is None else float(p), "require_tee": bool(require_tee),
         }
-        if require_tee or mode == "tee":  # TEE levels are private too: prompt and output sealed
+        mode = mode or self.config.network.default_mode
+        if modes.spec(mode).sealed(require_tee):  # TEE levels are private too: prompt and output sealed
             secret = os.urandom(32)  # travels only inside the sealed prompt: the hash cannot be guessed at
             self._secrets[rid] = secret
             body.update(sealed=True, client_kem=self.kem.public,
@@ -233,7 +234,7 @@ class Client:
     def generate_many(self, prompts: list[str], **kw) -> list[RequestHandle]:
         """Send many requests at once (pipelined: one wait for all submissions)."""
         built = [self.build_request(p, **kw) for p in prompts]
-        sealed = kw.get("require_tee") or kw.get("mode") == "tee"
+        sealed = modes.spec(kw.get("mode") or self.config.network.default_mode).sealed(bool(kw.get("require_tee")))
         t0 = time.time()
         to = self.attested_recipients(kw.get("model") or self.config.default_model) if sealed else None
         wire = [self.seal_for_attested(p, rid, "", to) if sealed else p for (_, rid), p in zip(built, prompts)]

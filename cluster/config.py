@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from actors.aggregator import MODES, Limits
+from actors.aggregator import Limits
+from protocols.modes import MODES
 from actors.executor import BEHAVIOURS
 from protocols.errors import ConfigError
 from protocols.ledger import Economics

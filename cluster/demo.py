@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 
-from protocols import selection, vrf
+from protocols import modes, selection, vrf
 
 # (prompt, N, cheater in the draw?, mode, p, require TEE)
 PROMPTS = [
@@ -77,7 +77,7 @@ def run_demo(args) -> int:
             if tee and not cfg.attestation.enabled:
                 continue
             pool = sorted(x["node_id"] for x in nodes if x["live"] and x["stake"] >= cfg.economics.min_stake)
-            drawn = {"cross-validation": 1, "obfuscated": n + 1}.get(mode, n)
+            drawn = modes.spec(mode).members(n)
             if drawn > len(pool):
                 continue
             cheaters = set(cfg.malicious) & set(pool)

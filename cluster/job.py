@@ -19,6 +19,8 @@ import os
 import sys
 import time
 
+from protocols.modes import MODES
+
 
 def read_prompts(path: str) -> list[dict]:
     text = open(path, encoding="utf-8").read()
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="report JSON path")
     ap.add_argument("--n", type=int, default=None, help="quorum size for prompts that do not set one")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--mode", default=None, choices=["sampling", "cross-validation", "obfuscated"],
+    ap.add_argument("--mode", default=None, choices=list(MODES),
                     help="mode for prompts that do not set one (default: the config's)")
     ap.add_argument("--p", type=float, default=None, help="cross-validation check probability")
     ap.add_argument("--address", default="auto")

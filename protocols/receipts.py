@@ -30,12 +30,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from . import commitments, crossval, decision, messages, obfuscation, selection, vrf
+from . import commitments, crossval, decision, messages, modes, obfuscation, selection, vrf
 from .canonical import pack, sha256
 from .crypto import verify as verify_sig
 from .errors import BadSignature
 from .crypto import SigningKey
-from .errors import MessageError, ReceiptInvalid
+from .errors import InvalidParams, MessageError, ReceiptInvalid
 
 QUORUM, REFEREE = "quorum", "referee"
 COIN_LABEL = "coin"  # the VRF label of the cross-validation coin
@@ -121,13 +121,17 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
     # --- draws (or, obfuscated, the selector's signed pseudonym set)
     sel = body["selection"]
     mode = rb["mode"]
-    require_tee = mode == "tee" or bool(rb.get("require_tee"))
+    try:
+        spec = modes.spec(mode)
+    except InvalidParams as exc:
+        raise ReceiptInvalid(str(exc)) from None
+    require_tee = spec.attested or bool(rb.get("require_tee"))
     attested: dict[str, str] = {}  # node id -> "simulated" | "hardware"
     keys: dict[str, bytes] = {}
     roles: dict[str, str] = {}
     replacement: dict[str, bool] = {}
     obf = sel.get("obfuscated")
-    if (mode == "obfuscated") != bool(obf):
+    if spec.pseudonymous != bool(obf):
         _fail("obfuscated requests need the selector's pseudonym record, and only they")
     check = _EvidenceCheck(trusted_roots, attestation_policy, rb["model_hash"], float(body["issued_at"]))
     if obf:
@@ -204,11 +208,12 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
     if dec["mode"] != mode:
         _fail("decision names another mode than the request")
     branch = ""
-    want = rb["n"] + 1 if obf else rb["n"]
-    coin = dec["coin"] if mode == "cross-validation" else None
-    if mode == "cross-validation" and coin is None:
+    cv = spec.round_kind == modes.CROSS_VALIDATION
+    want = spec.members(rb["n"])
+    coin = dec["coin"] if cv else None
+    if cv and coin is None:
         want = 1  # the round ended before the executor committed: no coin, no branch
-    elif mode == "cross-validation":
+    elif cv:
         if not isinstance(coin, dict) or set(coin) != COIN_FIELDS:
             _fail("cross-validation receipt with a malformed coin")
         if commits.get(coin["node_id"]) != coin["commit_hash"] or roles.get(coin["node_id"]) != QUORUM:
@@ -257,7 +262,7 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
     for k, v in outcome.record().items():
         if dec[k] != v:
             _fail(f"decision field {k!r} is not what the evidence forces")
-    if mode == "cross-validation" and dec["coin"] is None and outcome.status in (decision.FINAL, decision.RESOLVED):
+    if cv and dec["coin"] is None and outcome.status in (decision.FINAL, decision.RESOLVED):
         _fail("a cross-validation answer is accepted only after its coin")
     status, truth = outcome.status, outcome.commitment
     paid, slashed = outcome.paid, outcome.slashes

@@ -81,7 +81,7 @@ def test_base_dict_is_valid():
 
 
 def test_every_served_mode_is_accepted_as_default():
-    from actors.aggregator import MODES
+    from protocols.modes import MODES
 
     assert "sampling" in MODES
     for mode in MODES:
