@@ -171,6 +171,7 @@ class Client:
         rid = request_id or uuid.uuid4().hex
         params = SamplingParams(max_tokens, temperature, top_k).with_seed_for(rid)
         nonce = os.urandom(16)
+        mode = mode or self.config.network.default_mode
         body = {
             "request_id": rid, "client_id": self.client_id, "model_id": model, "model_hash": self._hashes[model],
             "prompt_hash": commitments.prompt_hash(prompt, nonce), "prompt_len": len(prompt),
@@ -179,8 +180,8 @@ class Client:
             "timeout_s": float(timeout_s or self.config.limits.timeout_s), "nonce": nonce,
             "created_at": time.time(), "p": None if p is None else float(p), "require_tee": bool(require_tee),
         }
-        mode = mode or self.config.network.default_mode
-        if modes.spec(mode).sealed(require_tee):  # TEE levels are private too: prompt and output sealed
+        # TEE levels are private too: prompt and output sealed (an unknown mode is the network's to refuse)
+        if require_tee or (mode in modes.SPECS and modes.SPECS[mode].sealed(require_tee)):
             secret = os.urandom(32)  # travels only inside the sealed prompt: the hash cannot be guessed at
             self._secrets[rid] = secret
             body.update(sealed=True, client_kem=self.kem.public,
@@ -234,7 +235,8 @@ class Client:
     def generate_many(self, prompts: list[str], **kw) -> list[RequestHandle]:
         """Send many requests at once (pipelined: one wait for all submissions)."""
         built = [self.build_request(p, **kw) for p in prompts]
-        sealed = modes.spec(kw.get("mode") or self.config.network.default_mode).sealed(bool(kw.get("require_tee")))
+        mode = kw.get("mode") or self.config.network.default_mode
+        sealed = bool(kw.get("require_tee")) or (mode in modes.SPECS and modes.SPECS[mode].sealed(False))
         t0 = time.time()
         to = self.attested_recipients(kw.get("model") or self.config.default_model) if sealed else None
         wire = [self.seal_for_attested(p, rid, "", to) if sealed else p for (_, rid), p in zip(built, prompts)]

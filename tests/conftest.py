@@ -15,6 +15,7 @@ def ray_cluster():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join a cluster left running by `verinfer up` or a stale session file
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,
