@@ -26,6 +26,7 @@ from typing import Any
 
 from collections import Counter
 
+from actors.background import spawn
 from protocols import commitments, crossval, deadlines, messages, modes, obfuscation, receipts, sealing
 from protocols.crypto import SigningKey
 from protocols.errors import (InvalidParams, MessageError, PromptTooLarge, SelectorMisbehaved, UnknownRequest,
@@ -97,6 +98,7 @@ class Aggregator:
         self._clients: set[str] = set()
         self._vrf_key: bytes | None = None
         self._reviving: dict[str, asyncio.Task] = {}  # node -> its liveness challenge loop
+        self._tasks: set[asyncio.Task] = set()  # background tasks, referenced until done
         self._finished: collections.deque = collections.deque()  # eviction order of finished rounds
         self._joined = asyncio.Condition()  # obfuscated: wakes pushes that arrive before their member is known
         self.counters = {"submitted": 0, "final": 0, "resolved": 0, "unresolved": 0, "failed": 0, "messages": 0}
@@ -201,7 +203,7 @@ class Aggregator:
         live.det_class = draw["det_class"]
         self.counters["submitted"] += 1
         await self._run(live, rnd.start(draw["selected"], draw["keys"], time.time()))
-        asyncio.ensure_future(self._clock(live))
+        spawn(self._tasks, self._clock(live))
         # (returning the executors' ObjectRefs here would let the client race them directly,
         # but handing out borrowed refs costs ~4 ms per submit here: the aggregator's
         # first_output is the faster path)
@@ -248,9 +250,9 @@ class Aggregator:
                 else:
                     for nid in act.node_ids:
                         ref = (await self._handle(nid)).reveal.remote(live.round.request_id)
-                        asyncio.ensure_future(self._await_reveal(live, nid, ref))
+                        spawn(self._tasks, self._await_reveal(live, nid, ref))
             elif isinstance(act, (DrawReplacements, DrawReferees, DrawVerifiers, FlipCoin)):
-                asyncio.ensure_future(self._background(live, act))
+                spawn(self._tasks, self._background(live, act))
             elif isinstance(act, Finalize):
                 await self._finalize(live, act.outcome)
         live.wake.set()
@@ -332,7 +334,7 @@ class Aggregator:
             ref = (await self._handle(nid)).execute.remote(live.request.raw, live.prompt, act.role, claimed,
                                                            live.round.members[nid].key)
             live.calls[nid] = ref
-            asyncio.ensure_future(self._await_result(live, nid, ref))
+            spawn(self._tasks, self._await_result(live, nid, ref))
 
     def _signed_output(self, live: Live, node_id: str) -> dict:
         m = live.round.members[node_id]
@@ -518,7 +520,7 @@ class Aggregator:
     async def revive(self, node_id: str) -> None:
         """Challenge a node taken out for lateness until it answers (then it is drawn again)."""
         if node_id not in self._reviving:
-            self._reviving[node_id] = asyncio.ensure_future(self._revive(node_id))
+            self._reviving[node_id] = spawn(self._tasks, self._revive(node_id))
 
     async def _revive(self, node_id: str) -> None:
         try:

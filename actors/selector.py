@@ -17,6 +17,7 @@ import asyncio
 import os
 import time
 
+from actors.background import spawn
 from protocols import crossval, obfuscation, selection, vrf
 from protocols.canonical import pack
 from protocols.crypto import SigningKey
@@ -143,6 +144,7 @@ class ObfuscatingSelector(QuorumSelector):
         # request id -> {"members": {pid: (node id, salt, pseudonym key, role, attestation | None, replacement)},
         #                "served": set(node ids), "held": tickets not yet sent}
         self.obf: dict[str, dict] = {}
+        self._tasks: set = set()  # background watchers, referenced until done
         self.frame: str | None = None  # experiments only: a lying selector names this node when unblinding
 
     def set_behaviour(self, frame: str | None) -> None:
@@ -191,7 +193,7 @@ class ObfuscatingSelector(QuorumSelector):
     def dispatch_tickets(self, request_id: str) -> None:
         for pid, handle, sealed, request_raw, prompt in self.obf[request_id]["held"]:
             ref = handle.execute_ticket.remote(sealed, request_raw, prompt, self.key.public)
-            asyncio.ensure_future(self._watch(request_id, pid, ref))
+            spawn(self._tasks, self._watch(request_id, pid, ref))
         self.obf[request_id]["held"] = []
 
     async def _watch(self, request_id: str, pid: str, ref) -> None:
@@ -207,7 +209,7 @@ class ObfuscatingSelector(QuorumSelector):
         handles = await self.registry.handles.remote([members[p][0] for p in pseudonyms])
         for pid in pseudonyms:
             ref = handles[members[pid][0]].reveal_ticket.remote(request_id, pid)
-            asyncio.ensure_future(self._watch(request_id, pid, ref))
+            spawn(self._tasks, self._watch(request_id, pid, ref))
 
     def _members(self, request_id: str) -> dict:
         if request_id not in self.obf:
