@@ -31,6 +31,7 @@ from protocols import commitments, crossval, deadlines, messages, modes, obfusca
 from protocols.crypto import SigningKey
 from protocols.errors import (InvalidParams, MessageError, PromptTooLarge, SelectorMisbehaved, UnknownRequest,
                               UnknownSender, VerinferError, ModelHashMismatch)
+from protocols.decision import LATE_REASONS
 from protocols.ledger import Settlement, Slash
 from protocols.params import SamplingParams
 from protocols.sampling import (CROSS_VALIDATION, QUORUM, REFEREE, RUNNING, SAMPLING, Dispatch, DrawReferees, DrawReplacements,
@@ -512,7 +513,7 @@ class Aggregator:
             stakes = {a.split("/", 1)[1]: v for a, v in result.balances.items() if a.startswith("collateral/")}
             await self.registry.set_stakes.remote(stakes)
             for nid, reason in outcome.slashes:
-                if reason == "timeout":  # an unresponsive node stops being drawn until it answers a challenge
+                if reason in LATE_REASONS:  # an unresponsive node stops being drawn until it answers a challenge
                     await self.registry.set_live.remote(nid, False)
                     await self.revive(nid)
         return list(result.seqs)

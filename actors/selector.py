@@ -22,6 +22,7 @@ from protocols import crossval, obfuscation, selection, vrf
 from protocols.canonical import pack
 from protocols.crypto import SigningKey
 from protocols.errors import InvalidParams, NotEnoughNodes, UnknownRequest
+from protocols.decision import LATE_REASONS
 from protocols.ledger import Settlement, Slash
 
 COIN = "coin"  # the VRF label of the cross-validation coin
@@ -253,7 +254,7 @@ class ObfuscatingSelector(QuorumSelector):
             stakes = {a.split("/", 1)[1]: b for a, b in result.balances.items() if a.startswith("collateral/")}
             await self.registry.set_stakes.remote(stakes)
             for p, why in slashes:
-                if why == "timeout":
+                if why in LATE_REASONS:
                     await self.registry.set_live.remote(nid[p], False)
                     await self.aggregator.revive.remote(nid[p])  # the node is unblinded already: it was slashed
         return {"seqs": list(result.seqs)}

@@ -10,7 +10,10 @@ replacement, and its final state:
 
   revealed   its reveal opened its commit (commitment known)
   invalid    its reveal did not open its commit
-  timed-out  it missed a deadline or its call failed: slashed "timeout"
+  timed-out  it missed a deadline or its call failed: slashed "timeout", or
+             "withheld" if it had committed (a member that commits and then keeps
+             its reveal back pays like a cheat: otherwise a cheater that sees it
+             would lose could dodge the cheat slash for the timeout fraction)
   excused    it was late together with every other member of its stage: the
              fault is not provably its own, so nobody is slashed
   committed  it committed and was not asked to reveal (only in an aborted round)
@@ -62,6 +65,7 @@ class MemberFact:
     state: str
     commitment: bytes | None = None
     replacement: bool = False  # drawn to replace a member that timed out
+    committed: bool = False  # its result (commit hash) is in
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,14 @@ class Outcome:
 RECORD_FIELDS = tuple(Outcome.__dataclass_fields__)
 
 
+LATE_REASONS = ("timeout", "withheld")
+
+
+def late_reason(m: MemberFact) -> tuple[str, str]:
+    """A late member's slash: "withheld" once it had committed, else "timeout"."""
+    return (m.node_id, "withheld" if m.committed else "timeout")
+
+
 def quorum_agrees(members: list[MemberFact]) -> bool:
     """Every active quorum member revealed, and all to one commitment."""
     return bool(members) and all(m.state == REVEALED for m in members) \
@@ -124,7 +136,7 @@ def decide(ev: Evidence) -> Outcome:
     _check(ev)
     quorum = [m for m in ev.members if m.role == QUORUM]
     refs = [m for m in ev.members if m.role == REFEREE]
-    timeouts = [(m.node_id, "timeout") for m in ev.members if m.state == TIMED_OUT]
+    timeouts = [late_reason(m) for m in ev.members if m.state == TIMED_OUT]
     excused = tuple(sorted(m.node_id for m in ev.members if m.state == EXCUSED))
     aq = [m for m in quorum if m.state not in GONE]
     ar = [m for m in refs if m.state not in GONE]

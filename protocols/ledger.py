@@ -31,7 +31,7 @@ TREASURY = "treasury"
 PREFIXES = ("collateral/", "rewards/", "client/", "escrow/")
 GENESIS = bytes(32)
 MAX_AMOUNT = 2**63 - 1  # SQLite INTEGER range
-SLASH_REASONS = ("cheat", "timeout", "invalid-reveal")
+SLASH_REASONS = ("cheat", "timeout", "invalid-reveal", "withheld")
 
 
 class InvalidPosting(LedgerError):
@@ -144,7 +144,7 @@ class Economics:
     fee_fraction: float  # treasury's cut of each node payment, 0..1
     collateral: int  # stake each node deposits on admission (> 0)
     min_stake: int  # least collateral a node needs to stay selectable (0..collateral)
-    cheat_slash_fraction: float = 1.0  # of current collateral, for cheat / invalid-reveal
+    cheat_slash_fraction: float = 1.0  # of current collateral, for cheat / invalid-reveal / withheld
     timeout_slash_fraction: float = 0.1  # of current collateral, for a missed deadline
     referee_fraction: float = 0.1  # share of a slash paid to the dispute's referees
     treasury_slash_fraction: float = 0.0  # share of a slash to treasury; rest to the honest
@@ -190,7 +190,7 @@ class Economics:
 @dataclass(frozen=True)
 class Slash:
     node_id: str
-    reason: str  # "cheat" | "timeout" | "invalid-reveal"
+    reason: str  # "cheat" | "timeout" | "invalid-reveal" | "withheld" (committed, never revealed)
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not self.node_id:

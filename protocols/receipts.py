@@ -234,7 +234,7 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
     if not isinstance(dec["slashes"], list) or not all(isinstance(x, (list, tuple)) and len(x) == 2
                                                           for x in dec["slashes"]):
         _fail("slashes are malformed")
-    claimed_late = {s[0] for s in dec["slashes"] if s[1] == "timeout"}
+    claimed_late = {s[0] for s in dec["slashes"] if s[1] in decision.LATE_REASONS}
     excused = set(dec["excused"]) if isinstance(dec["excused"], list) else None
     if excused is None or (claimed_late | excused) - set(keys):
         _fail("a member named late was never drawn")
@@ -253,7 +253,7 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
             state = decision.TIMED_OUT
         else:
             state = decision.COMMITTED if nid in commits else decision.RUNNING
-        facts.append(decision.MemberFact(nid, roles[nid], state, revealed.get(nid), replacement[nid]))
+        facts.append(decision.MemberFact(nid, roles[nid], state, revealed.get(nid), replacement[nid], nid in commits))
     aborted = dec["detail"] if dec["status"] == decision.UNRESOLVED and dec["detail"] not in decision.DERIVED else ""
     try:
         outcome = decision.decide(decision.Evidence(tuple(facts), want, branch, aborted))

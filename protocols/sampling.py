@@ -113,7 +113,7 @@ class Member:
 
     def fact(self) -> MemberFact:
         return MemberFact(self.node_id, self.role, self.state, self.commitment if self.state == REVEALED else None,
-                          self.replacement)
+                          self.replacement, self.commit_hash is not None)
 
 
 @dataclass
@@ -162,7 +162,7 @@ class Round:
     @property
     def slashes(self) -> list[tuple[str, str]]:
         """Timeouts so far (the outcome adds cheats)."""
-        return [(m.node_id, "timeout") for m in self.members.values() if m.state == TIMED_OUT]
+        return [decision.late_reason(m.fact()) for m in self.members.values() if m.state == TIMED_OUT]
 
     def want(self) -> int:
         """Quorum members the request needs."""

@@ -99,11 +99,17 @@ def test_a_forged_liveness_answer_changes_nothing(tiny_net, behave):
 
 
 def test_a_member_that_commits_and_never_reveals_is_slashed_and_replaced(tiny_net, tiny_client, behave):
+    """Withholding a reveal costs what a cheat costs: a cheater that sees it would lose
+    cannot keep its reveal back to pay only the timeout fraction."""
     quiet = "tiny-03"
     behave(quiet, "no-reveal")
+    before = collateral(tiny_net)[f"collateral/{quiet}"]
     res = tiny_client.generate("commit only", n=3, max_tokens=6,
                                request_id=request_id_drawing(tiny_net, {quiet}, 3)).result(timeout=120)
-    assert res.status == "final" and (quiet, "timeout") in res.summary.slashed
+    assert res.status == "final" and (quiet, "withheld") in res.summary.slashed
+    econ = tiny_net.config.economics
+    lost = before - collateral(tiny_net).get(f"collateral/{quiet}", 0)
+    assert lost == int(before * econ.cheat_slash_fraction) > int(before * econ.timeout_slash_fraction)
     assert len(res.summary.paid) == 3 and quiet not in res.summary.paid
     body = messages.open_envelope(res.receipt, "receipt").body
     senders = lambda raws: {messages.open_envelope(r).body["node_id"] for r in raws}

@@ -221,7 +221,7 @@ def test_forged_node_messages_do_not_change_a_round(net, client, behave):
     assert res.status == "final" and len(res.summary.paid) == 3
     (late, why), = res.summary.slashed  # only the member that really never revealed
     body = messages.open_envelope(res.receipt, "receipt").body
-    assert why == "timeout" and body["decision"]["unblinded"][late][0] == "tiny-03"
+    assert why == "withheld" and body["decision"]["unblinded"][late][0] == "tiny-03"
     assert victim == late or victim in res.summary.paid  # the forgeries counted against nobody
     body = messages.open_envelope(res.receipt, "receipt").body
     with pytest.raises(MessageError):  # a replayed genuine reveal of a finished round

@@ -217,3 +217,18 @@ def test_verinfer_verify_rejects_a_re_signed_forged_decision(sims, tmp_path, cap
     assert "INVALID" in capsys.readouterr().out
     pinned = ["--selector-key", VRF_KEY.public.hex(), "--aggregator-key", AGGREGATOR_KEY.public.hex()]
     assert cli.main(["verify", str(good), *pinned]) == 0
+
+
+def test_a_cheater_cannot_dodge_the_cheat_slash_by_withholding_its_reveal():
+    """Attack: commit a wrong answer, then keep the reveal back so the round times you out.
+    Withholding after committing is slashed 'withheld' (the cheat fraction), not 'timeout'."""
+    from protocols.ledger import Economics
+
+    sim = run_until(lambda: Sim(behaviour={"n0": "no-reveal"}), _in_quorum("n0"))
+    assert ("n0", "withheld") in sim.outcome.slashes and sim.outcome.status == "final"
+    econ = Economics(price=100, fee_fraction=0.1, collateral=1000, min_stake=500)
+    assert econ.slash_fraction("withheld") == econ.slash_fraction("cheat") > econ.slash_fraction("timeout")
+    body = messages.open_envelope(sim.receipt(), "receipt").body
+    body["decision"]["slashes"] = [["n0", "timeout"]]  # an aggregator going easy on it is caught
+    with pytest.raises(ReceiptInvalid):
+        _verify(messages.seal("receipt", body, AGGREGATOR_KEY).raw)
