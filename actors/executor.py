@@ -259,10 +259,10 @@ class NodeExecutor:
         Verification tries one prefill pass; if the claim is rejected or a near-tie
         makes prefill unsure, the node regenerates and commits to its own output.
         `signer`: the public key the draw named (keys rotate between epochs)."""
-        self._calls[messages.open_envelope(request_raw, "request").request_id] += 1
         key = self._signer(signer)
         try:
             req, prompt = self._check_request(request_raw, prompt)
+            self._count(req.request_id)
         except SealedPromptRejected as exc:  # a signed refusal, so nobody takes it for a timeout
             return {"refusal": _refusal(self.node_id, role, key, exc)}
         out = await self._run(req.body, prompt, claimed)
@@ -270,7 +270,7 @@ class NodeExecutor:
 
     async def reveal(self, request_id: str, member_id: str | None = None) -> bytes:
         if member_id is None:  # (reveal_ticket counts its own call)
-            self._calls[request_id] += 1
+            self._count(request_id)
         if self.behaviour in ("silent", "no-reveal"):
             await asyncio.Event().wait()
         member_id = member_id or self.node_id
@@ -291,7 +291,7 @@ class NodeExecutor:
         """Open the selector's ticket, run, and push the result (signed with the
         ticket's one-time key) to the aggregator. Nothing here names another member."""
         req = messages.open_envelope(request_raw, "request")
-        self._calls[req.request_id] += 1
+        self._count(req.request_id)
         ticket = self._open_sealed(
             lambda kem: obfuscation.open_ticket(sealed_ticket, req.request_id, kem, selector_public))
         signer = ticket.key
@@ -309,9 +309,14 @@ class NodeExecutor:
         return {"pseudonym": pid}
 
     async def reveal_ticket(self, request_id: str, pseudonym: str) -> None:
-        self._calls[request_id] += 1
+        self._count(request_id)
         raw = await self.reveal(request_id, pseudonym)
         await self._aggregator().obf_reveal.remote(raw)
+
+    def _count(self, request_id: str) -> None:
+        self._calls[request_id] += 1
+        if len(self._calls) > 1024:  # bounded, like the inbox: the oldest requests go first
+            del self._calls[next(iter(self._calls))]
 
     def protocol_calls(self, request_id: str) -> int:
         """How many protocol calls (execute, reveal, and their ticket forms) reached this node."""
