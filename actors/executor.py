@@ -17,7 +17,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from protocols import commitments, messages, obfuscation, sealing
+from protocols import admission, commitments, messages, obfuscation, sealing
 from protocols.canonical import pack
 from protocols.crypto import SigningKey
 from protocols.sealing import KemKey
@@ -63,6 +63,7 @@ class NodeExecutor:
         self._seen = messages.ReplayGuard()
         self._executed = 0
         self._calls: collections.Counter = collections.Counter()  # request id -> protocol calls received
+        self._agg_handle = None
 
     # --- lifecycle
     async def ready(self) -> dict:
@@ -180,24 +181,25 @@ class NodeExecutor:
         return {"node_id": self.node_id, "executed": self._executed, "behaviour": self.behaviour}
 
     # --- protocol
-    def _check_request(self, request_raw: bytes, prompt) -> tuple[messages.Envelope, str]:
-        """Verify the request; open a sealed prompt. Returns (request, plaintext prompt)."""
-        req = messages.open_envelope(request_raw, "request")
-        body = req.body
-        if messages.client_id_of(req.sender) != body["client_id"]:
-            raise MessageError("request not signed by the client it names")
-        if body["sealed"]:
-            sealed, rid = prompt, body["request_id"]
+    def _check_request(self, request_raw: bytes, prompt) -> tuple[admission.Request, str]:
+        """protocols.admission's node rules; a sealed prompt is opened, then its hash checked.
+        Returns (request, plaintext prompt)."""
+        served = self.engine.model_hash() if self.behaviour in ("honest", "substitute", "requantize") else None
+        try:
+            req = admission.admit_at_node(request_raw, prompt, served)
+        except ModelHashMismatch:
+            raise ModelHashMismatch("request names a model hash this node does not serve") from None
+        if req.sealed:
+            sealed, rid = prompt, req.request_id
             try:
                 prompt, secret = self._open_sealed(lambda kem: sealing.open_prompt(sealed, rid, self.node_id, kem))
             except (MessageError, TypeError, KeyError) as exc:
                 raise SealedPromptRejected(rid, f"sealed prompt does not open for {self.node_id}: {exc}") from None
-            if commitments.prompt_hash(prompt, body["nonce"] + secret) != body["prompt_hash"]:
-                raise SealedPromptRejected(rid, "sealed prompt does not match the signed prompt hash")
-        elif not isinstance(prompt, str) or commitments.prompt_hash(prompt, body["nonce"]) != body["prompt_hash"]:
-            raise MessageError("prompt does not match the signed prompt hash")
-        if self.behaviour in ("honest", "substitute", "requantize") and body["model_hash"] != self.engine.model_hash():
-            raise ModelHashMismatch("request names a model hash this node does not serve")
+            try:
+                admission.check_prompt_hash(req, prompt, secret)
+            except MessageError:
+                raise SealedPromptRejected(rid, "sealed prompt does not match the signed prompt hash") from None
+        body = req.body
         self._seen.check_and_record(req)
         self._inbox.append((body["request_id"], request_raw, "<sealed>" if body["sealed"] else prompt))
         return req, prompt
@@ -332,9 +334,12 @@ class NodeExecutor:
         return detok(token_ids) if detok else ""
 
     def _aggregator(self):
-        import ray
+        """The aggregator's handle, looked up once (obfuscated pushes and the public board use it)."""
+        if self._agg_handle is None:
+            import ray
 
-        return ray.get_actor(self.aggregator_name, namespace=self.namespace)
+            self._agg_handle = ray.get_actor(self.aggregator_name, namespace=self.namespace)
+        return self._agg_handle
 
     async def _board(self, request_id: str) -> dict:
         return await self._aggregator().public_view.remote(request_id)

@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 
 import msgpack
 
+from protocols import settlement as settle_rules
 from protocols.canonical import digest, pack
 from protocols.errors import ConfigError, LedgerError, VerinferError
 from protocols.ledger import (
@@ -43,6 +44,9 @@ CREATE INDEX IF NOT EXISTS entries_request ON entries(request_id);
 CREATE TABLE IF NOT EXISTS balances (account TEXT PRIMARY KEY, amount INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS settlements (
     request_id TEXT PRIMARY KEY, digest BLOB NOT NULL, result BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    request_id TEXT NOT NULL, member TEXT NOT NULL, node_id TEXT NOT NULL, salt BLOB NOT NULL,
+    pubkey BLOB NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (request_id, member));
 """
 _COLS = "seq, key, request_id, reason, src, dst, amount, at, prev_hash, hash"
 
@@ -84,9 +88,24 @@ class SettleJob:
 
     settlement: Settlement
     econ: Economics
+    # pseudonymous: the settlement names pseudonyms, resolved through the bound members
+    # and checked against this mapping commitment (pseudonym -> entry)
+    commitment: Mapping[str, bytes] | None = None
 
 
-Group = Sequence[Posting] | SettleJob
+@dataclass(frozen=True)
+class BindJob:
+    """The selector binds an obfuscated request's pseudonyms to node accounts (first write wins)."""
+
+    request_id: str
+    members: Mapping[str, settle_rules.Binding]
+
+
+class MemberConflict(LedgerError):
+    """A pseudonym was already bound to another node."""
+
+
+Group = Sequence[Posting] | SettleJob | BindJob
 
 
 class LedgerStore:
@@ -203,6 +222,8 @@ class LedgerStore:
     def _apply_group(self, group: Group, at: float, undo: dict) -> GroupResult:
         if isinstance(group, SettleJob):
             return self._apply_settlement(group, at, undo)
+        if isinstance(group, BindJob):
+            return self._apply_binding(group)
         postings = list(group)
         try:
             return self._apply_postings(postings, at, undo)
@@ -250,8 +271,27 @@ class LedgerStore:
             balances=new_bal,
         )
 
+    def bindings(self, request_id: str) -> dict[str, settle_rules.Binding]:
+        rows = self._db.execute("SELECT member, node_id, salt, pubkey, digest FROM members WHERE request_id = ?",
+                                (request_id,)).fetchall()
+        return {m: settle_rules.Binding(n, bytes(salt), bytes(pub), d) for m, n, salt, pub, d in rows}
+
+    def _apply_binding(self, job: BindJob) -> GroupResult:
+        known = self.bindings(job.request_id)
+        for pid, b in job.members.items():
+            if pid in known and known[pid] != b:
+                return GroupResult(keys=(), error=MemberConflict(f"{pid} of {job.request_id} is already bound"))
+        self._db.executemany("INSERT OR IGNORE INTO members VALUES (?, ?, ?, ?, ?, ?)", [
+            (job.request_id, pid, b.node_id, b.salt, b.key, b.digest) for pid, b in job.members.items()])
+        return GroupResult(keys=())
+
     def _apply_settlement(self, job: SettleJob, at: float, undo: dict) -> GroupResult:
         s = job.settlement
+        if job.commitment is not None:
+            try:
+                s = settle_rules.resolve(s, self.bindings(s.request_id), job.commitment)
+            except VerinferError as exc:
+                return GroupResult(keys=(), error=exc)
         d = digest(s.to_wire())
         row = self._db.execute("SELECT digest, result FROM settlements WHERE request_id = ?",
                                (s.request_id,)).fetchone()
@@ -350,6 +390,27 @@ class SlashingLedger:
         if econ is None:
             raise ConfigError("economics missing: pass econ= to settle or to SlashingLedger(path, econ)")
         return (await self._enqueue(SettleJob(settlement, econ), None)).raise_for_error()
+
+    async def bind_members(self, request_id: str, members: Mapping[str, settle_rules.Binding]) -> None:
+        """Obfuscated rounds: the selector says which node each pseudonym pays (durable
+        before the pseudonyms are handed out). A pseudonym binds once."""
+        (await self._enqueue(BindJob(request_id, dict(members)), None)).raise_for_error()
+
+    async def settle_members(self, settlement: Settlement, commitment: Mapping[str, bytes]) -> GroupResult:
+        """Settle a round whose settlement names pseudonyms. Each is resolved through its
+        binding, which must open `commitment` (the mapping the aggregator holds), else
+        UnblindingRejected and nothing moves. The result names no account of a node
+        that was not slashed: only the slashed nodes' collateral is returned."""
+        if self._econ is None:
+            raise ConfigError("economics missing: SlashingLedger(path, econ)")
+        res = (await self._enqueue(SettleJob(settlement, self._econ, dict(commitment)), None)).raise_for_error()
+        slashed = await self._read(lambda: settle_rules.resolve(
+            Settlement(settlement.request_id, settlement.client_id, settlement.escrowed,
+                       slashes=settlement.slashes), self._store.bindings(settlement.request_id), commitment))
+        keep = {settle_rules.collateral_account(sl.node_id) for sl in slashed.slashes}
+        # the caller learns its receipt's entry seqs and the slashed collateral, nothing else
+        return GroupResult(keys=(), seqs=res.seqs, duplicate=res.duplicate,
+                           balances={a: v for a, v in res.balances.items() if a in keep})
 
     # --- reads ----------------------------------------------------------------
     async def balances(self, prefix: str = "") -> dict[str, int]:

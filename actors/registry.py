@@ -8,6 +8,7 @@ node loaded with other weights is refused before it is ever selected.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -68,21 +69,37 @@ class ModelRegistry:
         self.version = 0  # bumps on every change; subscribers get each new view pushed
         self._subscribers: list = []
 
-    def subscribe(self, actor: Any) -> None:
-        """`actor.on_registry(version, views, keys)` is called after every change."""
+    async def subscribe(self, actor: Any) -> None:
+        """`actor.on_registry(version, views, keys, attestations)` gets the full view now, and
+        `actor.on_registry_delta(delta)` every change after (see `_changed`)."""
         self._subscribers.append(actor)
-        self._changed()
-
-    def _changed(self) -> None:
         self.version += 1
-        if self._subscribers:  # synchronous: once a change returns, every draw sees it
-            import ray
+        await actor.on_registry.remote(*self.views(None))
 
-            snapshot = self.views(None)
-            ray.get([sub.on_registry.remote(*snapshot) for sub in self._subscribers])
+    async def _changed(self, node_ids=()) -> None:
+        """Push what changed — the new view of each changed node, or its removal — to every
+        subscriber. The registry never blocks on it (other calls run meanwhile); the call
+        that made the change returns once subscribers applied it, so a draw after it sees it."""
+        base, self.version = self.version, self.version + 1
+        if not self._subscribers:
+            return
+        delta = self._delta(base, node_ids)
+        await asyncio.gather(*[sub.on_registry_delta.remote(delta) for sub in self._subscribers])
+
+    def _delta(self, base: int, node_ids) -> dict:
+        recs = [self.nodes[n] for n in node_ids if n in self.nodes]
+        return {"base": base, "version": self.version, "views": [r.view() for r in recs],
+                "removed": [n for n in node_ids if n not in self.nodes],
+                "keys": {r.node_id: r.pubkey for r in recs},
+                "attestations": {r.node_id: self._attestation_view(r) for r in recs if r.attested}}
+
+    @staticmethod
+    def _attestation_view(r: "NodeRecord") -> dict:
+        return {"digest": r.attestation["digest"], "simulated": r.attestation["simulated"],
+                "evidence": r.attestation["evidence"]}
 
     # --- models
-    def register_model(self, model_id: str, model_hash: str, engine: str, max_prompt_tokens: int = 1024,
+    async def register_model(self, model_id: str, model_hash: str, engine: str, max_prompt_tokens: int = 1024,
                        weights_key: bytes | None = None, timeout_s: float | None = None,
                        timeout_per_token_s: float | None = None) -> dict:
         if not model_id or len(model_hash) != 64:
@@ -94,7 +111,7 @@ class ModelRegistry:
                                             timeout_per_token_s)
         if weights_key is not None:
             self._weight_keys[model_id] = bytes(weights_key)
-        self._changed()
+        await self._changed()
         return asdict(self.models[model_id])
 
     def model(self, model_id: str) -> dict:
@@ -106,7 +123,7 @@ class ModelRegistry:
         return [asdict(m) for m in self.models.values()]
 
     # --- nodes
-    def admit(self, node_id: str, pubkey: bytes, model_id: str, fingerprint: dict, stake: int,
+    async def admit(self, node_id: str, pubkey: bytes, model_id: str, fingerprint: dict, stake: int,
               handle: Any = None, attested: bool = False, kem_pub: bytes = b"") -> dict:
         if node_id in self.nodes:
             raise DuplicateNode(f"node {node_id!r} is already registered")
@@ -123,13 +140,13 @@ class ModelRegistry:
         rec = NodeRecord(node_id, bytes(pubkey), model_id, class_id(fingerprint), dict(fingerprint), int(stake),
                          True, attested, handle, bytes(kem_pub))
         self.nodes[node_id] = rec
-        self._changed()
+        await self._changed([node_id])
         return self.describe(node_id)
 
-    def remove(self, node_id: str) -> None:
+    async def remove(self, node_id: str) -> None:
         self._node(node_id)
         del self.nodes[node_id]
-        self._changed()
+        await self._changed([node_id])
 
     def _node(self, node_id: str) -> NodeRecord:
         rec = self.nodes.get(node_id)
@@ -162,13 +179,13 @@ class ModelRegistry:
         del open_[:-MAX_OPEN_CHALLENGES]
         return nonce
 
-    def attest(self, node_id: str, evidence: bytes) -> dict:
+    async def attest(self, node_id: str, evidence: bytes) -> dict:
         """Verify evidence against the nonce we issued, the node's keys and the policy.
         Valid -> the node may serve TEE requests until the epoch ends."""
         rec = self._node(node_id)
-        return self._admit_evidence(rec, evidence, rec.pubkey, rec.kem_pub)
+        return await self._admit_evidence(rec, evidence, rec.pubkey, rec.kem_pub)
 
-    def renew(self, node_id: str, pubkey: bytes, kem_pub: bytes, evidence: bytes) -> dict:
+    async def renew(self, node_id: str, pubkey: bytes, kem_pub: bytes, evidence: bytes) -> dict:
         """A new epoch: evidence for the node's next keys. Valid -> the keys switch and
         the attestation is extended in one step, so the node never leaves the TEE
         class; authentic evidence of a bad state (measurements, TCB, revoked) -> it
@@ -176,9 +193,9 @@ class ModelRegistry:
         rec = self._node(node_id)
         if any(n.pubkey == pubkey for n in self.nodes.values()):
             raise DuplicateNode("another node already uses this public key")
-        return self._admit_evidence(rec, evidence, bytes(pubkey), bytes(kem_pub))
+        return await self._admit_evidence(rec, evidence, bytes(pubkey), bytes(kem_pub))
 
-    def _admit_evidence(self, rec: NodeRecord, evidence: bytes, pubkey: bytes, kem_pub: bytes) -> dict:
+    async def _admit_evidence(self, rec: NodeRecord, evidence: bytes, pubkey: bytes, kem_pub: bytes) -> dict:
         from protocols import attestation
 
         if self.policy is None:
@@ -207,7 +224,7 @@ class ModelRegistry:
         rec.attestation = {"ok": res.ok, "reason": res.reason, "detail": res.detail, "digest": res.digest,
                            "simulated": res.simulated, "tcb_version": res.tcb_version,
                            "device_id": res.device_id, "at": now, "evidence": bytes(evidence) if res.ok else b""}
-        self._changed()
+        await self._changed([rec.node_id])
         return {k: v for k, v in rec.attestation.items() if k != "evidence"}
 
     def due_for_renewal(self, within_s: float) -> list[str]:
@@ -222,7 +239,7 @@ class ModelRegistry:
         return dataclasses.replace(self.policy, model_hash=model.model_hash,
                                    allowed_engines=self.policy.allowed_engines or (model.engine,))
 
-    def revoke(self, tcb_versions: tuple = (), devices: tuple = ()) -> list[str]:
+    async def revoke(self, tcb_versions: tuple = (), devices: tuple = ()) -> list[str]:
         """Revoke TCB versions / devices: affected nodes leave the TEE class at once."""
         import dataclasses
 
@@ -236,7 +253,7 @@ class ModelRegistry:
                                  or a.get("device_id") in self.policy.revoked_devices):
                 rec.attested, rec.attested_until = False, 0.0
                 hit.append(rec.node_id)
-        self._changed()
+        await self._changed(hit)
         return hit
 
     def release_weights_key(self, node_id: str) -> bytes:
@@ -264,19 +281,18 @@ class ModelRegistry:
     def views(self, model_id: str | None = None) -> tuple[int, list[NodeView], dict[str, bytes], dict]:
         """(version, selection views, node id -> public key, node id -> attestation) for the selector."""
         recs = [r for r in self.nodes.values() if model_id is None or r.model_id == model_id]
-        att = {r.node_id: {"digest": r.attestation["digest"], "simulated": r.attestation["simulated"],
-                           "evidence": r.attestation["evidence"]} for r in recs if r.attested}
+        att = {r.node_id: self._attestation_view(r) for r in recs if r.attested}
         return self.version, [r.view() for r in recs], {r.node_id: r.pubkey for r in recs}, att
 
-    def set_stakes(self, stakes: dict[str, int]) -> None:
+    async def set_stakes(self, stakes: dict[str, int]) -> None:
         for nid, stake in stakes.items():
             if nid in self.nodes:
                 self.nodes[nid].stake = int(stake)
-        self._changed()
+        await self._changed([n for n in stakes if n in self.nodes])
 
-    def set_live(self, node_id: str, live: bool) -> None:
+    async def set_live(self, node_id: str, live: bool) -> None:
         self._node(node_id).live = bool(live)
-        self._changed()
+        await self._changed([node_id])
 
     # --- liveness: a node taken out for lateness returns by answering a fresh challenge
     def liveness_challenge(self, node_id: str) -> bytes:
@@ -284,7 +300,7 @@ class ModelRegistry:
         self._liveness[node_id] = os.urandom(32)
         return self._liveness[node_id]
 
-    def answer_liveness(self, node_id: str, signature: bytes) -> bool:
+    async def answer_liveness(self, node_id: str, signature: bytes) -> bool:
         """True once the node is live again. A wrong or replayed answer changes nothing."""
         from protocols import liveness
         from protocols.errors import MessageError
@@ -301,5 +317,5 @@ class ModelRegistry:
         if rec.live or not liveness.may_return(rec.stake, self.min_stake):
             return rec.live
         rec.live = True
-        self._changed()
+        await self._changed([node_id])
         return True

@@ -22,8 +22,7 @@ from protocols import crossval, obfuscation, selection, vrf
 from protocols.canonical import pack
 from protocols.crypto import SigningKey
 from protocols.errors import InvalidParams, NotEnoughNodes, UnknownRequest
-from protocols.decision import LATE_REASONS
-from protocols.ledger import Settlement, Slash
+from protocols.settlement import Binding
 
 COIN = "coin"  # the VRF label of the cross-validation coin
 
@@ -41,9 +40,9 @@ class QuorumSelector:
         self._attestations: dict = {}
 
     async def _views(self, model_id: str):
-        if self._all_views is None:  # no push yet: ask once
+        if self._all_views is None:  # no push yet, or a delta was missed: ask once
             self.on_registry(*(await self.registry.views.remote(None)))
-        return [v for v in self._all_views if v.model_id == model_id], self._all_keys
+        return [v for v in self._all_views.values() if v.model_id == model_id], self._all_keys
 
     async def draw(self, request_id: str, model_id: str, n: int, label: str = "quorum",
                    exclude: tuple[str, ...] = (), det_class: str | None = None,
@@ -110,10 +109,30 @@ class QuorumSelector:
         return {"vrf_key": self.vrf.public, "draws": list(self.records[request_id])}
 
     def on_registry(self, version: int, views: list, keys: dict, attestations: dict | None = None) -> None:
-        """The registry pushes every change, so a draw never waits on it."""
+        """The registry's full view (on subscribing, or when a delta was missed)."""
         if version > self._version:
-            self._version, self._all_views, self._all_keys = version, views, keys
-            self._attestations = attestations or {}
+            self._version, self._all_views = version, {v.node_id: v for v in views}
+            self._all_keys, self._attestations = dict(keys), dict(attestations or {})
+
+    def on_registry_delta(self, delta: dict) -> None:
+        """The registry pushes what changed, so a draw never waits on it. A delta that
+        does not follow the view held here (one was missed) drops the view: the next
+        draw asks for the whole of it."""
+        if delta["version"] <= self._version:
+            return
+        if self._all_views is None or delta["base"] != self._version:
+            self._all_views, self._version = None, -1
+            return
+        for nid in delta["removed"]:
+            self._all_views.pop(nid, None)
+            self._all_keys.pop(nid, None)
+            self._attestations.pop(nid, None)
+        for v in delta["views"]:
+            self._all_views[v.node_id] = v
+            self._attestations.pop(v.node_id, None)
+        self._all_keys.update(delta["keys"])
+        self._attestations.update(delta["attestations"])
+        self._version = delta["version"]
 
     def record(self, request_id: str) -> dict:
         if request_id in getattr(self, "obf", {}):
@@ -132,9 +151,11 @@ class QuorumSelector:
 class ObfuscatingSelector(QuorumSelector):
     """Adds Node Obfuscation: the selector alone knows which node hides behind
     which pseudonym. It dispatches sealed tickets, relays reveal requests,
-    unblinds only on request (checked by the aggregator against the mapping it
-    committed to) and settles obfuscated rounds, so honest identities never
-    reach the aggregator."""
+    binds each pseudonym to its node's account at the ledger (which checks the
+    binding against the mapping commitment when the aggregator settles), and
+    unblinds only on request (checked by the aggregator against the same
+    commitment), so honest identities never reach the aggregator. It moves no
+    money itself."""
 
     def __init__(self, registry: Any, min_stake: int, key_seed: bytes | None = None, vrf_key: bytes | None = None,
                  embargo_s: float = 86400.0):
@@ -146,6 +167,7 @@ class ObfuscatingSelector(QuorumSelector):
         #                "served": set(node ids), "held": tickets not yet sent}
         self.obf: dict[str, dict] = {}
         self._tasks: set = set()  # background watchers, referenced until done
+        self._handle_cache: dict = {}
         self.frame: str | None = None  # experiments only: a lying selector names this node when unblinding
 
     def set_behaviour(self, frame: str | None) -> None:
@@ -172,8 +194,9 @@ class ObfuscatingSelector(QuorumSelector):
         rec = await self.draw(request_id, model_id, n, label, tuple(sorted(state["served"])), det_class,
                               allow_fewer, require_attested, within=within)
         kems = await self.registry.kem_keys.remote(rec["selected"])
-        handles = await self.registry.handles.remote(rec["selected"])
+        handles = await self._handles(rec["selected"])
         out = {"det_class": rec["det_class"], "pseudonyms": [], "keys": [], "mapping": {}}
+        bindings = {}
         for nid in rec["selected"]:
             ticket = obfuscation.Ticket(request_id, role, os.urandom(32))
             salt = os.urandom(32)
@@ -187,9 +210,19 @@ class ObfuscatingSelector(QuorumSelector):
             out["pseudonyms"].append(pid)
             out["keys"].append(pub)
             out["mapping"][pid] = obfuscation.mapping_entry(pub, nid, salt, att["digest"] if att else "")
+            bindings[pid] = Binding(nid, salt, pub, att["digest"] if att else "")
+        if bindings:  # the ledger pays by these bindings, checked against the mapping: durable first
+            await self.ledger.bind_members.remote(request_id, bindings)
         if dispatch:
             self.dispatch_tickets(request_id)
         return out
+
+    async def _handles(self, node_ids: list[str]) -> dict:
+        """Executor handles, cached (a node's handle never changes while it is registered)."""
+        missing = [n for n in node_ids if n not in self._handle_cache]
+        if missing:
+            self._handle_cache.update(await self.registry.handles.remote(missing))
+        return {n: self._handle_cache[n] for n in node_ids}
 
     def dispatch_tickets(self, request_id: str) -> None:
         for pid, handle, sealed, request_raw, prompt in self.obf[request_id]["held"]:
@@ -207,7 +240,7 @@ class ObfuscatingSelector(QuorumSelector):
 
     async def request_reveals(self, request_id: str, pseudonyms: list[str]) -> None:
         members = self._members(request_id)
-        handles = await self.registry.handles.remote([members[p][0] for p in pseudonyms])
+        handles = await self._handles([members[p][0] for p in pseudonyms])
         for pid in pseudonyms:
             ref = handles[members[pid][0]].reveal_ticket.remote(request_id, pid)
             spawn(self._tasks, self._watch(request_id, pid, ref))
@@ -239,25 +272,6 @@ class ObfuscatingSelector(QuorumSelector):
         }
         return {**body, "selector": self.key.public,
                 "sig": self.key.sign(obfuscation.MAPPING_DOMAIN + pack([request_id, body]))}
-
-    async def settle_obfuscated(self, request_id: str, client_id: str, escrowed: int, paid: list[str],
-                                slashes: list[tuple[str, str]], beneficiaries: list[str],
-                                referees: list[str]):
-        """Pay and slash by pseudonym; only the selector maps them to accounts."""
-        members = self._members(request_id)
-        nid = {p: members[p][0] for p in members}
-        settlement = Settlement(request_id, client_id, escrowed, tuple(nid[p] for p in paid),
-                                tuple(Slash(nid[p], why) for p, why in slashes),
-                                tuple(nid[p] for p in beneficiaries), tuple(nid[p] for p in referees))
-        result = await self.ledger.settle.remote(settlement)
-        if slashes:
-            stakes = {a.split("/", 1)[1]: b for a, b in result.balances.items() if a.startswith("collateral/")}
-            await self.registry.set_stakes.remote(stakes)
-            for p, why in slashes:
-                if why in LATE_REASONS:
-                    await self.registry.set_live.remote(nid[p], False)
-                    await self.aggregator.revive.remote(nid[p])  # the node is unblinded already: it was slashed
-        return {"seqs": list(result.seqs)}
 
     def forget(self, request_id: str) -> None:
         super().forget(request_id)

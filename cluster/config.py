@@ -21,14 +21,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from actors.aggregator import Limits
+from protocols.admission import Limits
 from protocols.modes import MODES
+from actors.engines import ENGINES as _ENGINES
 from actors.executor import BEHAVIOURS
 from protocols.errors import ConfigError
 from protocols.ledger import Economics
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-ENGINES = ("tiny", "smollm2", "vllm")
+ENGINES = tuple(_ENGINES)  # one spec per engine: actors.engines.ENGINES
 
 
 @dataclass
@@ -206,23 +207,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> NetworkConfig:
     if unknown:
         raise ConfigError(f"unknown top-level sections: {', '.join(sorted(unknown))}")
     limits = _section(Limits, data.get("limits"), "limits")
-    for f in ("timeout_s", "reveal_timeout_s"):
-        if not isinstance(getattr(limits, f), (int, float)) or not 0 < getattr(limits, f) <= 3600:
-            raise ConfigError(f"limits.{f} must be a positive number of seconds, at most 3600")
-    if not isinstance(limits.liveness_interval_s, (int, float)) or limits.liveness_interval_s <= 0:
-        raise ConfigError("limits.liveness_interval_s must be a positive number of seconds")
-    if not isinstance(limits.timeout_per_token_s, (int, float)) or limits.timeout_per_token_s < 0:
-        raise ConfigError("limits.timeout_per_token_s must be a non-negative number")
-    if not isinstance(limits.default_p, (int, float)) or not 0 <= limits.default_p <= 1:
-        raise ConfigError("limits.default_p must be a probability in [0, 1]")
-    if not isinstance(limits.referee_extra, int) or isinstance(limits.referee_extra, bool) \
-            or limits.referee_extra < 1:
-        raise ConfigError("limits.referee_extra must be an integer >= 1 (referees outnumber the quorum)")
-    if not isinstance(limits.client_credit, int) or limits.client_credit < 0:
-        raise ConfigError("limits.client_credit must be a non-negative integer (0 = no faucet)")
-    for f in ("max_prompt_chars", "max_n", "max_tokens", "retain_rounds"):
-        if not isinstance(getattr(limits, f), int) or getattr(limits, f) < 1:
-            raise ConfigError(f"limits.{f} must be a positive integer")
+    # (Limits validates itself: protocols.admission)
     if not isinstance(data.get("models", []), list) or not isinstance(data.get("nodes", []), list):
         raise ConfigError("models and nodes must be arrays of tables ([[models]], [[nodes]])")
     malicious = data.get("malicious", {})

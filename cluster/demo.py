@@ -54,7 +54,7 @@ def run_demo(args) -> int:
     import ray
 
     from . import config as cfgmod
-    from .cli import print_ledger, print_result, summary_dict, _slashes
+    from .report import _slashes, print_ledger, print_result, summary_dict
     from .network import deploy, teardown
 
     cfg = cfgmod.load(args.config)

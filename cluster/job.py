@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from . import config as cfgmod
-    from .cli import summary_dict
+    from .report import summary_dict
     from .client import Client
     from .network import connect, deploy
 

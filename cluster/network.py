@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import ray
 
+from actors import engines
 from actors.aggregator import Aggregator
 from actors.epochs import EpochKeeper
 from actors.executor import NodeExecutor
@@ -53,28 +54,12 @@ def actor_name(cfg: NetworkConfig, role: str) -> str:
 
 def model_hash(model: ModelSection) -> str:
     """Content hash of a model's weights, computed where the deployer runs."""
-    opts = dict(model.options)
-    if model.engine == "tiny":
-        from dataclasses import fields
-
-        from actors.engines.tiny import TinyConfig, tiny_model_hash
-
-        shape = {f.name for f in fields(TinyConfig)}
-        return tiny_model_hash(opts.get("cache_dir"), **{k: v for k, v in opts.items() if k in shape})
-    if model.engine == "smollm2":
-        from actors.engines.smollm2 import smollm2_model_hash
-
-        return smollm2_model_hash(opts.get("gguf_path"))
-    if model.engine == "vllm":
-        if "model_hash" not in opts:
-            raise ConfigError(f"models[{model.id}]: a vllm model needs options.model_hash")
-        return opts["model_hash"]
-    raise ConfigError(f"unknown engine {model.engine!r}")
+    return engines.engine(model.engine).model_hash(model.id, dict(model.options))
 
 
 def engine_spec(model: ModelSection, threads: int, sealed: dict | None = None) -> dict:
     spec = {"engine": model.engine, **{k: v for k, v in model.options.items() if k != "encrypted_weights"}}
-    if model.engine != "vllm":
+    if engines.engine(model.engine).threads:
         spec["threads"] = threads
     if sealed and model.id in sealed:  # weights at rest: the node gets only the ciphertext
         spec.update(encrypted_path=sealed[model.id], expected_hash=model_hash(model), model_id=model.id)
@@ -82,34 +67,14 @@ def engine_spec(model: ModelSection, threads: int, sealed: dict | None = None) -
 
 
 def encrypt_weights(model: ModelSection, path: str) -> bytes:
-    """Seal the model's weights (AES-256-GCM, fresh key) at `path`; return the key.
-
-    tiny: one encrypted safetensors file. smollm2: a package directory (see
-    actors.engines.sealed_package) made from the converted cache, bound to the
-    model id and the registered GGUF hash.
-    """
-    opts = model.options
-    if model.engine == "smollm2":
-        from actors.engines.sealed_package import write_package
-        from actors.engines.smollm2 import ensure_converted
-
-        src = ensure_converted(opts.get("gguf_path"), opts.get("cache_dir"))  # the owner converts once
-        return write_package(src, path, model.id, model_hash(model))
-    if model.engine != "tiny":
-        raise ConfigError(f"models[{model.id}]: encrypted_weights is supported for the tiny and smollm2 engines")
-    from dataclasses import fields
-
-    from actors.engines.tiny import TinyConfig, weights_path
-    from protocols.sealing import encrypt_blob
-
-    shape = {f.name for f in fields(TinyConfig)}
-    plain = weights_path(TinyConfig(**{k: v for k, v in opts.items() if k in shape}), opts.get("cache_dir"))
-    key = os.urandom(32)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        f.write(encrypt_blob(plain.read_bytes(), key, os.urandom(12), model.id.encode()))
-    os.replace(path + ".tmp", path)
-    return key
+    """Seal the model's weights (AES-256-GCM, fresh key) at `path`; return the key
+    (how, per engine: actors.engines.ENGINES)."""
+    seal = engines.engine(model.engine).seal_weights
+    if seal is None:
+        supported = sorted(n for n, e in engines.ENGINES.items() if e.seal_weights)
+        raise ConfigError(f"models[{model.id}]: encrypted_weights is supported for the {' and '.join(supported)} "
+                          "engines")
+    return seal(model.id, dict(model.options), path, model_hash(model))
 
 
 def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None] = lambda s: None,

@@ -7,7 +7,7 @@ Backend: pycryptodome's RFC 8032 EdDSA. When the `cryptography` package
 (OpenSSL; installed with ray[default]) is importable it does the curve math
 instead: verification is ~4x faster, which matters because every message is
 verified on the aggregator's hot path. Both implement RFC 8032 Ed25519;
-tests run the same vectors through both (tests/test_protocols_messages.py).
+tests run the same vectors through both (tests/protocols/test_messages.py).
 """
 
 from __future__ import annotations

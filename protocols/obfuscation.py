@@ -50,7 +50,7 @@ def check_unblinding(commitment: dict[str, bytes], pseudonym: bytes, node_id: st
     want = commitment.get(pseudonym_id(pseudonym))
     if want is None:
         raise UnblindingRejected(f"{pseudonym_id(pseudonym)} is not in the committed mapping")
-    if not isinstance(salt, bytes) or not isinstance(evidence_digest, str) \
+    if not isinstance(node_id, str) or not isinstance(salt, bytes) or not isinstance(evidence_digest, str) \
             or mapping_entry(pseudonym, node_id, salt, evidence_digest) != want:
         raise UnblindingRejected(f"selector's answer for {pseudonym_id(pseudonym)} does not open the commitment")
 
@@ -71,7 +71,11 @@ def _info(request_id: str) -> bytes:
 
 
 def make_ticket(ticket: Ticket, node_kem_public: bytes, selector: SigningKey) -> bytes:
-    body = pack({"request_id": ticket.request_id, "role": ticket.role, "seed": ticket.one_time_seed})
+    """The signed body names the node it is addressed to (its HPKE key): anyone can seal
+    to any node, so without it an addressee could forward its ticket to another node
+    and be paid, under its pseudonym, for that node's work."""
+    body = pack({"request_id": ticket.request_id, "role": ticket.role, "seed": ticket.one_time_seed,
+                 "to": bytes(node_kem_public)})
     signed = pack([body, selector.sign(TICKET_DOMAIN + body)])
     return seal(node_kem_public, signed, _info(ticket.request_id))
 
@@ -86,4 +90,6 @@ def open_ticket(sealed: bytes, request_id: str, kem: KemKey, selector_public: by
     if not isinstance(d, dict) or d.get("request_id") != request_id or not isinstance(d.get("seed"), bytes) \
             or len(d["seed"]) != 32 or d.get("role") not in ("quorum", "referee"):
         raise MalformedMessage("ticket body is not a ticket for this request")
+    if d.get("to") != kem.public:
+        raise MalformedMessage("ticket is addressed to another node")
     return Ticket(d["request_id"], d["role"], d["seed"])

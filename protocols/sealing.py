@@ -72,6 +72,9 @@ def seal_prompt(prompt: str, request_id: str, recipients: dict[str, bytes], cont
     prompt can test a guess against that hash."""
     from Crypto.Cipher import AES
 
+    if not isinstance(content_key, bytes) or len(content_key) != 32 or not isinstance(nonce, bytes) \
+            or len(nonce) != 12:
+        raise ValueError("seal_prompt needs a 32-byte content key and a 12-byte nonce")
     cipher = AES.new(content_key, AES.MODE_GCM, nonce=nonce)
     cipher.update(PROMPT_INFO + request_id.encode())
     ct, tag = cipher.encrypt_and_digest(pack([prompt, bytes(secret)]))
@@ -196,7 +199,7 @@ def open_weights(header: bytes, buf, key: bytes, aad: bytes) -> None:
         cipher.decrypt(mv, output=mv)
         cipher.verify(tag)
     except (ValueError, TypeError) as exc:
-        zero = bytes(min(len(mv), 1 << 20))
+        zero = bytes(max(1, min(len(mv), 1 << 20)))
         for i in range(0, len(mv), len(zero)):
             mv[i:i + len(zero)] = zero[:len(mv) - i]
         raise SealError(f"encrypted weights do not open: {exc}") from None

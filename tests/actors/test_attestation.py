@@ -14,7 +14,7 @@ from actors import attestation as prov
 from protocols import attestation as att
 from protocols.crypto import SigningKey
 
-from .test_protocols_attestation import KEM_PUB, MEAS, NODE_KEY, NOW, NRAS_ANCHOR, mint_nras_eat
+from tests.protocols.test_attestation import KEM_PUB, MEAS, NODE_KEY, NOW, NRAS_ANCHOR, mint_nras_eat
 
 
 def test_code_hash_is_stable_and_tracks_content(tmp_path):

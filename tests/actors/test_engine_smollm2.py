@@ -29,7 +29,7 @@ from protocols.params import SamplingParams  # noqa: E402
 
 pytestmark = pytest.mark.smollm2
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROMPT = "What is the capital of France?"
 # greedy answer to PROMPT, verified on torch 2.13 CPU / transformers 5.23 (float32, 1 thread)
 PARIS_IDS = [504, 3575, 282, 4649, 314, 7042, 30]

@@ -26,8 +26,8 @@ from protocols import sealing  # noqa: E402
 from protocols.errors import ModelHashMismatch, ModelLocked  # noqa: E402
 from protocols.params import SamplingParams  # noqa: E402
 
-from tests.test_engine_smollm2 import GREEDY8, PARIS_IDS, PROMPT, STORY, _cache_dir  # noqa: E402
-from tests.test_engine_smollm2 import engine as plain  # noqa: E402,F401  (the plaintext-loaded engine fixture)
+from tests.actors.test_engine_smollm2 import GREEDY8, PARIS_IDS, PROMPT, STORY, _cache_dir  # noqa: E402
+from tests.actors.test_engine_smollm2 import engine as plain  # noqa: E402,F401  (the plaintext-loaded engine fixture)
 
 pytestmark = pytest.mark.smollm2
 

@@ -20,7 +20,7 @@ from protocols.ledger import (
 )
 
 ECON = Economics(price=100, fee_fraction=0.1, collateral=1000, min_stake=500)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def dep(i: int, account: str = "client/c", amount: int = 1) -> tuple[list[Posting], float]:
@@ -76,6 +76,42 @@ def test_store_settle_records_result_and_replays_it(tmp_path):
     st.verify()
 
 
+def test_store_pays_pseudonyms_through_bindings_checked_against_the_commitment(tmp_path):
+    from actors.ledger import BindJob, MemberConflict, SettleJob
+    from protocols import obfuscation
+    from protocols.errors import UnknownRequest
+    from protocols.settlement import Binding
+
+    st = LedgerStore(str(tmp_path / "l.db"))
+    keys = {n: bytes([i]) * 32 for i, n in enumerate(("honest", "cheat"), 1)}
+    b = {obfuscation.pseudonym_id(k): Binding(n, b"s" * 32, k) for n, k in keys.items()}
+    commitment = {p: obfuscation.mapping_entry(x.key, x.node_id, x.salt) for p, x in b.items()}
+    ph, pc = (obfuscation.pseudonym_id(keys[n]) for n in ("honest", "cheat"))
+    setup = (deposit_postings("client/u", 1000, "u") + deposit_postings(collateral_account("cheat"), 1000, "sc")
+             + escrow_postings("r1", "u", 200))
+    [r0, rb] = st.commit_groups([(setup, 1.0), (BindJob("r1", b), 1.0)])
+    assert r0.ok and rb.ok
+    # a pseudonym binds once: rebinding it to another node (to redirect its pay) is refused
+    [again] = st.commit_groups([(BindJob("r1", {ph: Binding("cheat", b"s" * 32, keys["honest"])}), 1.5)])
+    assert isinstance(again.error, MemberConflict)
+    s = Settlement("r1", "u", 200, paid_nodes=(ph,), slashes=(Slash(pc, "cheat"),), beneficiaries=(ph,))
+    # a binding that does not open the aggregator's commitment moves nothing
+    [bad] = st.commit_groups([(SettleJob(s, ECON, {ph: commitment[pc], pc: commitment[pc]}), 2.0)])
+    assert bad.error is not None and st.balances()[collateral_account("cheat")] == 1000
+    [unknown] = st.commit_groups([(SettleJob(Settlement("r2", "u", 0, paid_nodes=(ph,)), ECON, commitment), 2.0)])
+    assert isinstance(unknown.error, UnknownRequest)
+    [ok] = st.commit_groups([(SettleJob(s, ECON, commitment), 3.0)])
+    from protocols.ledger import take
+
+    assert ok.ok and st.balances()[collateral_account("cheat")] == 1000 - take(1000, ECON.slash_fraction("cheat"))
+    assert st.balances()[rewards_account("honest")] > 0  # paid to the node the pseudonym is bound to
+    assert not any(ph in a or pc in a for a in st.balances())  # no account is named by a pseudonym
+    st.close()
+    st2 = LedgerStore(str(tmp_path / "l.db"))  # bindings are durable, and so is the settle's idempotency
+    [replay] = st2.commit_groups([(SettleJob(s, ECON, commitment), 4.0)])
+    assert replay.seqs == ok.seqs and replay.applied == 0
+
+
 def test_store_second_writer_on_same_file_is_not_clobbered(tmp_path):
     path = str(tmp_path / "l.db")
     one, two = LedgerStore(path), LedgerStore(path)
@@ -113,7 +149,7 @@ def test_store_detects_tampering_on_open(tmp_path):
 
 def test_sigkill_writer_loses_no_acknowledged_group(tmp_path):
     path = str(tmp_path / "crash.db")
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "ledger_crash_writer.py"), path, "8"],
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "actors", "ledger_crash_writer.py"), path, "8"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     acked: list[str] = []
     deadline = time.time() + 60

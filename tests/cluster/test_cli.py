@@ -58,7 +58,7 @@ def test_subcommand_help_exits_zero(capsys, sub):
 
 def test_module_entry_point_help_in_subprocess():
     p = subprocess.run([sys.executable, "-m", "cluster.cli", "--help"], capture_output=True, text=True,
-                       cwd=Path(__file__).resolve().parents[1], timeout=60)
+                       cwd=Path(__file__).resolve().parents[2], timeout=60)
     assert p.returncode == 0, p.stderr
     assert "usage: verinfer" in p.stdout
 

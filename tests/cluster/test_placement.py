@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cluster.placement import cpu_share
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cpu_share_fits_all_executors():
@@ -21,7 +21,7 @@ def test_cpu_share_fits_all_executors():
 def test_each_gpu_executor_holds_a_distinct_gpu_bundle_and_quorums_form():
     # A separate process: this needs its own multi-node Ray cluster, not the shared one.
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_DEDUP_LOGS="0")
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "gpu_pinning_check.py")], capture_output=True,
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "cluster" / "gpu_pinning_check.py")], capture_output=True,
                          text=True, timeout=240, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """Crash-test helper (no Ray): write ledger groups forever, print each acked key.
 
-Usage: python tests/ledger_crash_writer.py DB_PATH [GROUPS_PER_COMMIT]
+Usage: python tests/actors/ledger_crash_writer.py DB_PATH [GROUPS_PER_COMMIT]
 
 Every group deposits to a client, escrows part of it for a request and settles
 nothing else, so conservation and overdraft checks are exercised. A key is
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from actors.ledger import LedgerStore  # noqa: E402
 from protocols.ledger import deposit_postings, escrow_postings  # noqa: E402
