@@ -169,11 +169,14 @@ class ObfuscatingSelector(QuorumSelector):
         self._tasks: set = set()  # background watchers, referenced until done
         self._handle_cache: dict = {}
         self.frame: str | None = None  # experiments only: a lying selector names this node when unblinding
+        self.misbind = False  # experiments only: ... or binds every pseudonym to it at the ledger
 
-    def set_behaviour(self, frame: str | None) -> None:
+    def set_behaviour(self, frame: str | None, misbind: bool = False) -> None:
         """Experiments only: `frame` = a node id this selector falsely names for every slashed
-        pseudonym (the aggregator must catch it against the committed mapping); None = honest."""
-        self.frame = frame
+        pseudonym (the aggregator must catch it against the committed mapping); with
+        `misbind`, it instead binds every pseudonym to `frame` at the ledger, to redirect
+        the payments (the ledger must catch it against the same mapping); None = honest."""
+        self.frame, self.misbind = (None, False) if frame is None else (frame, bool(misbind))
 
     def bind(self, aggregator: Any, ledger: Any) -> None:
         self.aggregator, self.ledger = aggregator, ledger
@@ -210,7 +213,7 @@ class ObfuscatingSelector(QuorumSelector):
             out["pseudonyms"].append(pid)
             out["keys"].append(pub)
             out["mapping"][pid] = obfuscation.mapping_entry(pub, nid, salt, att["digest"] if att else "")
-            bindings[pid] = Binding(nid, salt, pub, att["digest"] if att else "")
+            bindings[pid] = Binding(self.frame if self.misbind else nid, salt, pub, att["digest"] if att else "")
         if bindings:  # the ledger pays by these bindings, checked against the mapping: durable first
             await self.ledger.bind_members.remote(request_id, bindings)
         if dispatch:
@@ -257,7 +260,8 @@ class ObfuscatingSelector(QuorumSelector):
         out = {}
         for p in pseudonyms:
             nid, salt, _, _, att, _ = members[p]
-            out[p] = (self.frame or nid, salt, att["digest"] if att else "", att["evidence"] if att else b"")
+            named = self.frame if self.frame and not self.misbind else nid
+            out[p] = (named, salt, att["digest"] if att else "", att["evidence"] if att else b"")
         return out
 
     def mapping_record(self, request_id: str) -> dict:

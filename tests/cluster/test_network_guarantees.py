@@ -179,6 +179,24 @@ def test_a_lying_selector_cannot_frame_an_honest_node(tiny_net, tiny_client, beh
     assert tiny_client.ledger_balances(mine)[mine] == funds
 
 
+def test_a_lying_selector_cannot_redirect_payments_to_another_node(tiny_net, tiny_client):
+    """The selector binds pseudonyms to accounts at the ledger, but moves no money: a binding
+    that does not open the aggregator's mapping commitment is refused by the ledger."""
+    thief = "tiny-00"
+    rewards = lambda: tiny_client.ledger_balances("rewards/")
+    before, mine = rewards(), f"client/{tiny_client.client_id}"
+    funds = tiny_client.ledger_balances(mine)[mine]
+    ray.get(tiny_net.selector.set_behaviour.remote(thief, True))  # every pseudonym bound to the thief
+    try:
+        h = tiny_client.generate("pay me instead", mode="obfuscated", n=2, max_tokens=4)
+        with pytest.raises(SelectorMisbehaved, match="does not open"):
+            h.result(timeout=120)
+    finally:
+        ray.get(tiny_net.selector.set_behaviour.remote(None))
+    assert rewards() == before  # nobody was paid, the thief least of all
+    assert tiny_client.ledger_balances(mine)[mine] == funds  # the escrow came back whole
+
+
 def test_obfuscated_draws_stay_secret_until_the_embargo_then_verify(tiny_net, tiny_client):
     from protocols import selection
     from protocols.errors import InvalidParams

@@ -232,3 +232,23 @@ def test_forged_node_messages_do_not_change_a_round(net, client, behave):
     with pytest.raises(MessageError):
         ray.get(net.aggregator.obf_result.remote({"envelope": pbody["results"][0], "output": {}}))
     assert ray.get(net.aggregator.final.remote(plain.request_id))["status"] == "final"
+
+
+def test_async_client_gets_a_verified_answer_without_blocking(tiny_net):
+    import asyncio
+
+    from cluster.client import AsyncClient
+
+    async def go():
+        client = await AsyncClient.create(tiny_net)
+        handles = [await client.generate(f"async {i}", n=3, max_tokens=4) for i in range(3)]
+        firsts = await asyncio.gather(*(h.first_output(timeout=60) for h in handles))
+        results = await asyncio.gather(*(h.result(timeout=120) for h in handles))
+        return client, firsts, results
+
+    client, firsts, results = asyncio.run(go())
+    for first, res in zip(firsts, results):
+        assert res.status == "final" and res.summary.n == 3 and res.summary.output_checked
+        assert first is not None and first.token_ids == res.token_ids
+    mine = f"client/{client.client_id}"
+    assert ray.get(tiny_net.ledger.balances.remote(mine))[mine] < tiny_net.config.limits.client_credit  # it paid
