@@ -76,6 +76,10 @@ class Live:
     draws: list = field(default_factory=list)  # the selector's draw records, for the receipt
     require_tee: bool = False  # every member must hold valid attestation
     recipients: tuple[str, ...] | None = None  # sealed prompt: the only nodes that can serve it
+    stream: bool = False  # quorum members push chunks of tokens as they make them
+    stream_node: str | None = None  # the member whose chunks are streamed (the first to send one)
+    chunks: list = field(default_factory=list)  # what `stream` yields, in order
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)  # a chunk came, or the end
 
     @property
     def client_id(self) -> str:
@@ -130,8 +134,9 @@ class Aggregator:
             raise messages.ReplayedMessage(f"request {req.request_id} was already submitted")
         return admission.admit(request_raw, prompt, self.limits, await self._model(req.model_id))
 
-    async def submit(self, request_raw: bytes, prompt: str) -> dict:
-        """Admit, draw, escrow and dispatch. Raises a typed error and changes nothing on bad input."""
+    async def submit(self, request_raw: bytes, prompt: str, stream: bool = False) -> dict:
+        """Admit, draw, escrow and dispatch. Raises a typed error and changes nothing on bad input.
+        stream=True: members push their tokens as they make them; read them with `stream`."""
         t0 = time.time()
         adm = await self._admit(request_raw, prompt)
         req, rid = adm.request, adm.request_id
@@ -145,7 +150,7 @@ class Aggregator:
                         verifiers=req.n if cv else 0)
             live = Live(req, prompt, rnd, "", amount, t0, first=loop.create_future(), final=loop.create_future(),
                         p=adm.p, transport=self._obfuscated if req.mode.pseudonymous else self._direct,
-                        require_tee=req.attested, recipients=adm.recipients)
+                        require_tee=req.attested, recipients=adm.recipients, stream=bool(stream))
             draw = await live.transport.draw(live, adm.members, "quorum", QUORUM, (), coin=cv, hold=True)
             _raise_group_error(await self.ledger.escrow.remote(rid, req.client_id, amount))
         except BaseException:
@@ -170,6 +175,46 @@ class Aggregator:
 
     async def final(self, request_id: str) -> dict:
         return await asyncio.shield(self._live(request_id).final)
+
+    async def stream(self, request_id: str):
+        """The round as it happens (call with num_returns="streaming"): chunks of the first
+        streaming member's tokens, {"type": "chunk", "node_id", "token_ids", "text"}, then
+        {"type": "final", ...what `final` returns}. Chunks are provisional; the final item
+        is what the round accepted."""
+        live, sent = self._live(request_id), 0
+        while True:
+            async with live.changed:
+                await live.changed.wait_for(lambda: len(live.chunks) > sent or live.final.done())
+            while sent < len(live.chunks):
+                yield live.chunks[sent]
+                sent += 1
+            if live.final.done():
+                break
+        yield dict(await asyncio.shield(live.final), type="final")
+
+    async def on_chunk(self, raw: bytes) -> None:
+        """A member's signed chunk of tokens (streamed rounds). Only the member's own, in
+        order, from the member streamed; anything else is dropped and changes nothing."""
+        env = messages.open_envelope(raw, "chunk")
+        live, nid = self._live(env.request_id), env.body["node_id"]
+        if not live.stream or live.round.done:
+            return
+        self._check_member_msg(live, env, nid)
+        if live.stream_node is None and env.body["seq"] == 0 and not any(c["node_id"] != nid for c in live.chunks):
+            live.stream_node = nid
+        mine = sum(1 for c in live.chunks if c["node_id"] == nid)
+        if live.stream_node != nid or env.body["seq"] != mine:
+            return
+        await self._push_chunk(live, nid, list(env.body["token_ids"]), env.body["text"])
+
+    async def _push_chunk(self, live: Live, nid: str, token_ids: list, text: str) -> None:
+        live.chunks.append({"type": "chunk", "node_id": nid, "token_ids": token_ids, "text": text})
+        async with live.changed:
+            live.changed.notify_all()
+
+    async def _ended(self, live: Live) -> None:
+        async with live.changed:
+            live.changed.notify_all()
 
     def _live(self, request_id: str) -> Live:
         if request_id not in self.rounds:
@@ -209,6 +254,10 @@ class Aggregator:
                 if not live.first.done():
                     live.timings["first_output"] = time.time()
                     live.first.set_result(self._signed_output(live, act.node_id))
+                    out = live.outputs[act.node_id]
+                    if live.stream and live.stream_node is None and "sealed" not in out:  # nobody streamed
+                        live.stream_node = act.node_id
+                        await self._push_chunk(live, act.node_id, list(out["token_ids"]), out["text"])
             elif isinstance(act, RequestReveals):
                 live.msgs["reveal_request"] += len(act.node_ids)
                 await live.transport.request_reveals(live, act.node_ids)
@@ -416,6 +465,7 @@ class Aggregator:
         live.final.set_result({"receipt": receipt, "output": answer, "alternates": alternates, "status": outcome.status,
                                "branch": outcome.branch, "methods": dict(live.methods), "messages": dict(live.msgs),
                                "timings": dict(live.timings, submitted=live.submitted_at)})
+        await self._ended(live)
         live.transport.close(live)
         self._retire(rnd.request_id)
 
@@ -436,6 +486,7 @@ class Aggregator:
         if not live.first.done():
             live.first.set_result(None)
         live.final.set_exception(err)
+        await self._ended(live)
         self._retire(rnd.request_id)
 
     def debug_state(self, request_id: str) -> bytes:
@@ -443,7 +494,8 @@ class Aggregator:
         import pickle
 
         live = self._live(request_id)
-        state = {k: v for k, v in vars(live).items() if k not in ("first", "final", "wake", "calls", "transport")}
+        state = {k: v for k, v in vars(live).items() if k not in ("first", "final", "wake", "calls", "transport",
+                                                                   "changed")}
         return pickle.dumps(state)
 
 

@@ -204,8 +204,9 @@ class NodeExecutor:
         self._inbox.append((body["request_id"], request_raw, "<sealed>" if body["sealed"] else prompt))
         return req, prompt
 
-    async def _run(self, body: dict, prompt: str, claimed: list[int] | None):
-        """Produce (token ids, text, method, seconds) as this node's behaviour dictates."""
+    async def _run(self, body: dict, prompt: str, claimed: list[int] | None, stream=None):
+        """Produce (token ids, text, method, seconds) as this node's behaviour dictates.
+        `stream`: a Streamer the engine feeds tokens to as it makes them."""
         params = SamplingParams.from_wire(body["params"])
         if self.behaviour == "silent":
             await asyncio.Event().wait()  # never answers; the aggregator times it out
@@ -227,7 +228,11 @@ class NodeExecutor:
             if verdict is not None and verdict.accepted:
                 token_ids, text, method = list(claimed), self._detokenize(list(claimed)), "prefill"
             else:
-                gen = await loop.run_in_executor(self._pool, self.engine.generate, prompt, params)
+                gen = await loop.run_in_executor(
+                    self._pool, lambda: self.engine.generate(prompt, params, on_tokens=stream)
+                    if stream is not None else self.engine.generate(prompt, params))
+                if stream is not None:
+                    stream.close(gen.token_ids)
                 token_ids, text = gen.token_ids, gen.text
                 if verdict is not None:
                     method = "prefill-uncertain+generate" if verdict.uncertain else "prefill-reject+generate"
@@ -255,19 +260,24 @@ class NodeExecutor:
         return {"envelope": env.raw, "output": output, "method": method, "engine_seconds": seconds}
 
     async def execute(self, request_raw: bytes, prompt: str, role: str, claimed: list[int] | None = None,
-                      signer: bytes | None = None) -> dict:
+                      signer: bytes | None = None, stream: bool = False) -> dict:
         """Run (or, given `claimed` tokens of another node, verify) one request.
 
         Verification tries one prefill pass; if the claim is rejected or a near-tie
         makes prefill unsure, the node regenerates and commits to its own output.
-        `signer`: the public key the draw named (keys rotate between epochs)."""
+        `signer`: the public key the draw named (keys rotate between epochs).
+        `stream`: push signed chunks of tokens to the aggregator as they are made
+        (never for a sealed request: its output is for the client alone)."""
         key = self._signer(signer)
         try:
             req, prompt = self._check_request(request_raw, prompt)
             self._count(req.request_id)
         except SealedPromptRejected as exc:  # a signed refusal, so nobody takes it for a timeout
             return {"refusal": _refusal(self.node_id, role, key, exc)}
-        out = await self._run(req.body, prompt, claimed)
+        streamer = None
+        if stream and not req.sealed and claimed is None and self.behaviour in ("honest", "substitute", "requantize"):
+            streamer = Streamer(req.request_id, self.node_id, role, key, self._detokenize, self._aggregator())
+        out = await self._run(req.body, prompt, claimed, streamer)
         return await self._commit(req.body, self.node_id, role, key, *out)
 
     async def reveal(self, request_id: str, member_id: str | None = None) -> bytes:
@@ -357,6 +367,37 @@ class NodeExecutor:
                 return others[0]
             await asyncio.sleep(0.02)
         return None
+
+
+class Streamer:
+    """Turns an engine's token callbacks into signed chunks pushed to the aggregator,
+    at most one every `interval_s` (and the rest at the end). Runs on the engine thread."""
+
+    def __init__(self, request_id: str, member_id: str, role: str, signer: SigningKey, detokenize, aggregator,
+                 interval_s: float = 0.02):
+        self.request_id, self.member_id, self.role, self.signer = request_id, member_id, role, signer
+        self._detok, self._agg, self.interval_s = detokenize, aggregator, interval_s
+        self._sent, self._text, self._seq, self._last = 0, "", 0, 0.0
+
+    def __call__(self, tokens: list[int]) -> None:
+        if time.monotonic() - self._last >= self.interval_s:
+            self._push(list(tokens))
+
+    def close(self, tokens: list[int]) -> None:
+        if len(tokens) > self._sent:
+            self._push(list(tokens), final=True)
+
+    def _push(self, tokens: list[int], final: bool = False) -> None:
+        text = self._detok(tokens)
+        if not final:  # a character still being built (half a UTF-8 sequence) waits for its rest
+            text = text.rstrip("\ufffd")
+        delta = text[len(self._text):] if text.startswith(self._text) else ""  # (the final answer corrects)
+        text = text if text.startswith(self._text) else self._text
+        env = messages.seal("chunk", {"request_id": self.request_id, "node_id": self.member_id, "role": self.role,
+                                      "seq": self._seq, "token_ids": tokens[self._sent:], "text": delta},
+                            self.signer)
+        self._agg.on_chunk.remote(env.raw)
+        self._sent, self._text, self._seq, self._last = len(tokens), text, self._seq + 1, time.monotonic()
 
 
 def _refusal(member_id: str, role: str, signer: SigningKey, why: SealedPromptRejected) -> bytes:

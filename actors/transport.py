@@ -29,6 +29,7 @@ from typing import Any
 from actors.background import spawn
 from protocols import obfuscation, settlement
 from protocols.errors import UnknownSender
+from protocols.sampling import QUORUM
 
 
 class Direct:
@@ -53,9 +54,10 @@ class Direct:
         # verifiers check the claim by prefill, unless it is sealed to the client: then they regenerate
         claimed = live.outputs[act.verify_of].get("token_ids") if act.verify_of else None
         live.msgs["dispatch"] += len(act.node_ids)
+        stream = live.stream and claimed is None and act.role == QUORUM
         for nid in act.node_ids:
             ref = (await self.agg.handle(nid)).execute.remote(live.request.raw, live.prompt, act.role, claimed,
-                                                              live.round.members[nid].key)
+                                                              live.round.members[nid].key, stream)
             live.calls[nid] = ref
             spawn(self.agg._tasks, self._await_result(live, nid, ref))
 

@@ -79,6 +79,16 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
         "reason": (str,),
         "nonce": (bytes,),
     },
+    # node -> aggregator while generating (streamed requests): the next tokens, signed by
+    # the member's key. Provisional: the round's commitment decides what is accepted.
+    "chunk": {
+        "request_id": (str,),
+        "node_id": (str,),
+        "role": (str,),
+        "seq": (int,),  # 0, 1, 2, ... per member
+        "token_ids": (list,),  # the new tokens
+        "text": (str,),  # the text they add
+    },
     # aggregator -> anyone: the signed, self-contained outcome.
     "receipt": {
         "request_id": (str,),

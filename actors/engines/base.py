@@ -46,5 +46,7 @@ class Engine(Protocol):
     def fingerprint(self) -> dict[str, Any]:
         """Determinism-class components: engine, versions, device, dtype, threads, model hash."""
 
-    def generate(self, prompt: str, params: SamplingParams) -> Generation:
-        """Decode deterministically: greedy, or seeded sampling with params.seed."""
+    def generate(self, prompt: str, params: SamplingParams, on_tokens=None) -> Generation:
+        """Decode deterministically: greedy, or seeded sampling with params.seed.
+        `on_tokens(tokens so far)`, when given, is called as tokens are produced
+        (engines that cannot stream call it once, at the end)."""

@@ -465,7 +465,8 @@ class SmolLM2Engine:
         return sorted(self._stop_ids)
 
     # --- decoding -------------------------------------------------------------------
-    def generate(self, prompt: str, params) -> Generation:
+    def generate(self, prompt: str, params, on_tokens=None) -> Generation:
+        """on_tokens(tokens so far) is called after each new token (streaming)."""
         t0 = time.perf_counter()
         self._require_loaded()
         import torch
@@ -493,6 +494,8 @@ class SmolLM2Engine:
                 if tid in self._stop_ids:
                     break
                 out.append(tid)
+                if on_tokens is not None:
+                    on_tokens(out)
                 if step + 1 >= budget:
                     break
                 res = model(

@@ -204,7 +204,8 @@ class TinyEngine:
     def stop_token_ids(self) -> list[int]:
         return [EOS]
 
-    def generate(self, prompt: str, params: SamplingParams) -> Generation:
+    def generate(self, prompt: str, params: SamplingParams, on_tokens=None) -> Generation:
+        """on_tokens(tokens so far) is called after each new token (streaming)."""
         if self._model is None:
             raise RuntimeError("engine not loaded")
         t0 = time.perf_counter()
@@ -222,6 +223,8 @@ class TinyEngine:
                     break
                 out.append(tok)
                 ids.append(tok)
+                if on_tokens is not None:
+                    on_tokens(out)
         if self.fixed_cost_s:
             time.sleep(max(0.0, self.fixed_cost_s - (time.perf_counter() - t0)))
         return Generation(out, self.detokenize(out), time.perf_counter() - t0, prompt_ids)

@@ -257,7 +257,9 @@ class VLLMEngine:
         return [int(t) for t in tok(text, add_special_tokens=False)["input_ids"]]
 
     # --- decoding -------------------------------------------------------------------
-    def generate(self, prompt: str, params) -> Generation:
+    def generate(self, prompt: str, params, on_tokens=None) -> Generation:
+        """The offline LLM API returns whole completions: `on_tokens` is called once, at
+        the end (token-level streaming would need vLLM's async engine)."""
         t0 = time.perf_counter()
         self._require_loaded()
         from vllm import SamplingParams as VSamplingParams
@@ -284,6 +286,8 @@ class VLLMEngine:
         if token_ids and token_ids[-1] in self._stop_ids:
             token_ids = token_ids[:-1]
         text = self._tok.decode(token_ids, skip_special_tokens=True)
+        if on_tokens is not None and token_ids:
+            on_tokens(token_ids)
         return Generation(
             token_ids=token_ids,
             text=text,
