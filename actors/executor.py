@@ -87,8 +87,16 @@ class NodeExecutor:
         ctx = ray.get_runtime_context()
         return {"node_id": self.node_id, "pubkey": self.key.public, "kem_pub": self.kem.public, "fingerprint": fp,
                 "det_class": class_id(fp), "behaviour": self.behaviour, "pid": os.getpid(),
+                "chat_template": self._chat_template(),
                 "ray_node": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "placement_group": ctx.get_placement_group_id()}
+
+    def _chat_template(self) -> str | None:
+        """The jinja chat template the engine wraps prompts with (None: prompts go in raw)."""
+        if not getattr(self.engine, "chat_template", False):
+            return None
+        tok = getattr(self.engine, "_tok", None)
+        return getattr(tok, "chat_template", None) if tok is not None else None
 
     def _variant(self) -> str:
         return self.behaviour if self.behaviour in ("substitute", "requantize") else "honest"

@@ -27,6 +27,7 @@ class ModelRecord:
     max_prompt_tokens: int = 1024
     timeout_s: float | None = None  # member deadline rule (None: the network's limits)
     timeout_per_token_s: float | None = None
+    chat_template: str | None = None  # jinja template chats are rendered with (None: no template)
 
 
 @dataclass
@@ -113,6 +114,13 @@ class ModelRegistry:
             self._weight_keys[model_id] = bytes(weights_key)
         await self._changed()
         return asdict(self.models[model_id])
+
+    def set_chat_template(self, model_id: str, template: str) -> None:
+        if model_id not in self.models:
+            raise UnknownModel(f"model {model_id!r} is not registered")
+        if not isinstance(template, str) or len(template) > 65536:
+            raise ValueError("a chat template is a string of at most 64 KiB")
+        self.models[model_id].chat_template = template
 
     def model(self, model_id: str) -> dict:
         if model_id not in self.models:

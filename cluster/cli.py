@@ -243,7 +243,78 @@ def build_parser() -> argparse.ArgumentParser:
     net_args(lg)
     lg.add_argument("--json", action="store_true")
     lg.set_defaults(fn=cmd_ledger)
+
+    sv = sub.add_parser("serve", help="start the OpenAI-compatible HTTP gateway for a deployed network")
+    net_args(sv)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--replicas", type=int, default=1, help="gateway replicas (stateless apart from caches)")
+    sv.add_argument("--capacity", type=int, default=64, help="requests in flight before keys wait their turn")
+    sv.set_defaults(fn=cmd_serve)
+
+    k = sub.add_parser("keys", help="API keys of the gateway: create | list | revoke")
+    k.add_argument("--config", default=None, help="network TOML (the key database sits next to its ledger)")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True)
+    kc = ksub.add_parser("create", help="a new key (printed once)")
+    kc.add_argument("--account", required=True, help="ledger account the key pays from")
+    kc.add_argument("--name", default="")
+    kc.add_argument("--rpm", type=int, default=600, help="requests per minute")
+    kc.add_argument("--tpm", type=int, default=200_000, help="max_tokens per minute")
+    kc.add_argument("--concurrent", type=int, default=16, help="requests in flight")
+    kc.add_argument("--json", action="store_true")
+    kc.set_defaults(fn=cmd_keys)
+    kl = ksub.add_parser("list", help="every key (never the secrets)")
+    kl.add_argument("--json", action="store_true")
+    kl.set_defaults(fn=cmd_keys)
+    kr = ksub.add_parser("revoke", help="revoke a key by its id (takes effect at once)")
+    kr.add_argument("key_id")
+    kr.set_defaults(fn=cmd_keys)
     return p
+
+
+def cmd_serve(args) -> int:
+    from . import config as cfgmod
+    from . import gateway
+    from .network import connect
+
+    cfg = cfgmod.load(args.config)
+    _init_ray(args.address, cfg.network.namespace)
+    net = connect(cfg)
+    url = gateway.start(net, args.host, args.port, capacity=args.capacity, num_replicas=args.replicas,
+                        detached=True)
+    print(f"verinfer gateway for network {cfg.network.name!r}: {url}/v1  (OpenAI API; keys: verinfer keys create)")
+    return EXIT_OK
+
+
+def cmd_keys(args) -> int:
+    from protocols.quota import Quota
+
+    from . import config as cfgmod
+    from .gateway import keys_path
+    from .keys import KeyStore
+
+    store = KeyStore(keys_path(cfgmod.load(args.config)))
+    if args.keys_cmd == "create":
+        try:
+            quota = Quota(args.rpm, args.tpm, args.concurrent)
+        except ValueError as exc:
+            return _err(str(exc), EXIT_USAGE)
+        secret, key = store.create(args.account, args.name, quota)
+        print(json.dumps({"key": secret, **key.describe()}) if args.json else
+              f"{secret}\n  (key {key.key_id}, account {key.account}: shown once, store it now)")
+        return EXIT_OK
+    if args.keys_cmd == "list":
+        keys = [k.describe() for k in store.list()]
+        if args.json:
+            print(json.dumps(keys))
+        for k in keys if not args.json else ():
+            state = "revoked" if k["revoked"] else "live"
+            print(f"{k['key_id']}  {k['account']:<20} {state:<8} {k['name']}")
+        return EXIT_OK
+    if not store.revoke(args.key_id):
+        return _err(f"no live key {args.key_id!r}", EXIT_USAGE)
+    print(f"key {args.key_id} revoked")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

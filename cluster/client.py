@@ -145,6 +145,18 @@ class AsyncRequestHandle:
             self._result = self.client.complete(fin, self.request_id, self._t0, self._first)
         return self._result
 
+    async def stream(self):
+        """Chunks {"node_id", "token_ids", "text"} of the streamed member's tokens as they come
+        (provisional), then the verified Result (a submit with stream=True)."""
+        gen = self.client.aggregator.stream.options(num_returns="streaming").remote(self.request_id)
+        async for ref in gen:
+            item = await ref
+            if item["type"] == "chunk":
+                yield item
+            else:
+                self._result = self.client.complete(item, self.request_id, self._t0, self._first)
+                yield self._result
+
 
 class AsyncClient(ClientCore):
     """The Ray client for asyncio code (e.g. inside a Serve deployment or another actor):
@@ -166,14 +178,15 @@ class AsyncClient(ClientCore):
     async def attested_recipients(self, model: str) -> dict[str, bytes]:
         return self.recipients_of(model, await self.network.registry.attested_nodes.remote(model))
 
-    async def submit_raw(self, request_raw: bytes, prompt: str | bytes) -> AsyncRequestHandle:
+    async def submit_raw(self, request_raw: bytes, prompt: str | bytes, stream: bool = False) -> AsyncRequestHandle:
+        """stream=True: members push tokens as they make them; iterate `handle.stream()`."""
         t0 = time.time()
         req = messages.open_envelope(request_raw, "request")
         rid = req.request_id
         if req.body["sealed"] and isinstance(prompt, str):
             model = req.body["model_id"]
             prompt = self.seal_to(prompt, rid, await self.attested_recipients(model), model)
-        sub = await self.aggregator.submit.remote(request_raw, prompt)
+        sub = await self.aggregator.submit.remote(request_raw, prompt, stream)
         self.submitted(rid)
         return AsyncRequestHandle(self, rid, sub, t0)
 

@@ -77,13 +77,14 @@ class ClientCore:
     def build_request(self, prompt: str, model: str | None = None, mode: str | None = None, n: int | None = None,
                       max_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
                       timeout_s: float | None = None, request_id: str | None = None,
-                      p: float | None = None, require_tee: bool = False) -> tuple[bytes, str]:
-        """Sign a request. mode: see protocols.modes (sampling, cross-validation, obfuscated, tee)."""
+                      p: float | None = None, require_tee: bool = False, template: bool = True) -> tuple[bytes, str]:
+        """Sign a request. mode: see protocols.modes (sampling, cross-validation, obfuscated, tee).
+        template=False: the prompt is already rendered (a chat), engines take it as it is."""
         model = model or self.config.default_model
         if model not in self._hashes:
             raise UnknownModel(f"model {model!r} is not served by this network; have {sorted(self._hashes)}")
         rid = request_id or uuid.uuid4().hex
-        params = SamplingParams(max_tokens, temperature, top_k).with_seed_for(rid)
+        params = SamplingParams(max_tokens, temperature, top_k, template=bool(template)).with_seed_for(rid)
         nonce = os.urandom(16)
         mode = mode or self.config.network.default_mode
         body = {

@@ -156,6 +156,12 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
                             + ", ".join(sorted(refs[r] for r in pending)))
     infos = ray.get(list(refs))
 
+    from collections import Counter
+
+    for m in cfg.models:  # the chat template clients render chats with: what most of its nodes report
+        got = Counter(i.get("chat_template") for i in infos if group_of[i["node_id"]].model == m.id)
+        if got and got.most_common(1)[0][0]:
+            ray.get(registry.set_chat_template.remote(m.id, got.most_common(1)[0][0]))
     econ = cfg.economics
     ray.get([ledger.deposit.remote(f"collateral/{i['node_id']}", econ.collateral, f"stake|{i['node_id']}")
              for i in infos])

@@ -25,6 +25,7 @@ class SamplingParams:
     temperature: float = 0.0
     top_k: int = 0  # 0 = no top-k cut
     seed: int = 0  # filled by `with_seed_for(request_id)` before dispatch
+    template: bool = True  # engines with a chat template wrap the prompt as one user turn; False: as is
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool):
@@ -37,19 +38,25 @@ class SamplingParams:
             raise InvalidParams("top_k must be a non-negative integer")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise InvalidParams("seed must be an integer in [0, 2**63)")
+        if not isinstance(self.template, bool):
+            raise InvalidParams("template must be a boolean")
 
     @property
     def greedy(self) -> bool:
         return float(self.temperature) == 0.0
 
     def to_wire(self) -> dict[str, Any]:
-        # temperature travels as a string so its canonical bytes are exact
-        return {
+        # temperature travels as a string so its canonical bytes are exact; `template`
+        # only when it is not the default, so every earlier commitment keeps its bytes
+        wire = {
             "max_tokens": self.max_tokens,
             "temperature": repr(float(self.temperature)),
             "top_k": self.top_k,
             "seed": self.seed,
         }
+        if not self.template:
+            wire["template"] = False
+        return wire
 
     @classmethod
     def from_wire(cls, d: Any) -> "SamplingParams":
@@ -61,12 +68,13 @@ class SamplingParams:
                 temperature=float(d["temperature"]),
                 top_k=d["top_k"],
                 seed=d["seed"],
+                template=d.get("template", True),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InvalidParams(f"bad params: {exc}") from None
 
     def with_seed_for(self, request_id: str) -> "SamplingParams":
-        return SamplingParams(self.max_tokens, self.temperature, self.top_k, derive_seed(request_id))
+        return SamplingParams(self.max_tokens, self.temperature, self.top_k, derive_seed(request_id), self.template)
 
 
 def derive_seed(request_id: str) -> int:

@@ -445,13 +445,13 @@ class SmolLM2Engine:
             raise RuntimeError("SmolLM2Engine.load() must be called first")
 
     # --- prompts ------------------------------------------------------------------
-    def prompt_token_ids(self, prompt: str) -> list[int]:
+    def prompt_token_ids(self, prompt: str, template: bool = True) -> list[int]:
         """Token ids of the (templated) prompt, exactly as `generate` feeds them."""
         self._require_loaded()
         if not isinstance(prompt, str):
             raise RequestError("prompt must be a string")
         tok = self._tok
-        if self.chat_template:
+        if self.chat_template and template:  # (template=False: the prompt was rendered by the caller)
             text = tok.apply_chat_template(
                 [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
             )
@@ -472,7 +472,7 @@ class SmolLM2Engine:
         import torch
 
         self._apply_determinism()
-        ids = self.prompt_token_ids(prompt)
+        ids = self.prompt_token_ids(prompt, getattr(params, "template", True))
         if len(ids) > self.max_prompt_tokens:
             raise PromptTooLarge(f"prompt is {len(ids)} tokens, limit is {self.max_prompt_tokens}")
         if not ids:
@@ -533,7 +533,7 @@ class SmolLM2Engine:
         t0 = time.perf_counter()
         self._require_loaded()
         self._apply_determinism()
-        ids = self.prompt_token_ids(prompt)
+        ids = self.prompt_token_ids(prompt, getattr(params, "template", True))
         if not ids or len(ids) > self.max_prompt_tokens:
             raise PromptTooLarge(f"prompt is {len(ids)} tokens, limit is {self.max_prompt_tokens}")
         budget = min(int(params.max_tokens), self._max_positions - len(ids))

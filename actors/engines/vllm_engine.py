@@ -242,13 +242,13 @@ class VLLMEngine:
         if self._llm is None:
             raise RuntimeError("VLLMEngine.load() must be called first")
 
-    def prompt_token_ids(self, prompt: str) -> list[int]:
+    def prompt_token_ids(self, prompt: str, template: bool = True) -> list[int]:
         """Token ids of the (templated) prompt, exactly as `generate` feeds them."""
         self._require_loaded()
         if not isinstance(prompt, str):
             raise RequestError("prompt must be a string")
         tok = self._tok
-        if self.chat_template and getattr(tok, "chat_template", None):
+        if self.chat_template and template and getattr(tok, "chat_template", None):
             text = tok.apply_chat_template(
                 [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
             )
@@ -264,7 +264,7 @@ class VLLMEngine:
         self._require_loaded()
         from vllm import SamplingParams as VSamplingParams
 
-        ids = self.prompt_token_ids(prompt)
+        ids = self.prompt_token_ids(prompt, getattr(params, "template", True))
         if len(ids) > self.max_prompt_tokens:
             raise PromptTooLarge(f"prompt is {len(ids)} tokens, limit is {self.max_prompt_tokens}")
         if not ids:

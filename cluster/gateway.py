@@ -1,0 +1,341 @@
+"""The HTTP gateway: OpenAI's API on Ray Serve, in front of one verinfer network.
+
+    verinfer serve [--config F] [--host 127.0.0.1] [--port 8000]
+
+Endpoints (OpenAI request, response and error schemas; cluster.openai_api):
+  GET  /v1/models                    registered models + verinfer metadata
+  POST /v1/chat/completions          chat (rendered with the model's template)
+  POST /v1/completions               text completion
+  GET  /v1/receipts/{request_id}     the signed receipt (msgpack; ?format=json decoded)
+  GET  /v1/attestation/report        fresh evidence of a model's attested nodes
+  GET  /healthz
+
+Every call needs `Authorization: Bearer vi-…` (cluster.keys). For a key the
+gateway signs requests on its account's behalf; a request's `verinfer.request`
+may instead carry an envelope the caller signed itself. Limits per key and a
+fair share of the network (actors.gate) are checked before any escrow; the
+account's balance too. The gateway verifies every receipt (cluster.client_core)
+before it answers. Replicas hold nothing but caches, so Serve may run several.
+"""
+
+
+import asyncio
+import base64
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from protocols import messages, modes
+from protocols.quota import QuotaExceeded
+
+from . import openai_api as oa
+from .client import AsyncClient
+from .keys import KeyStore
+
+GATE_NAME = "gateway-gate"
+
+
+@dataclass
+class NetView:
+    """What a gateway replica needs of the network (handles pickle; placement groups do not)."""
+
+    config: Any
+    registry: Any
+    selector: Any
+    ledger: Any
+    aggregator: Any
+    model_hashes: dict
+
+
+def keys_path(cfg) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(cfg.ledger_file())), "gateway-keys.db")
+
+
+def _build_app():
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+    app = FastAPI(title="verinfer gateway", docs_url=None, redoc_url=None)
+
+    class GatewayCore:
+        def __init__(self, net: NetView, keys_file: str, gate: Any):
+            self.net, self.gate = net, gate
+            self.keys = KeyStore(keys_file)
+            self._clients: dict[str, AsyncClient] = {}
+            self._models: dict[str, dict] = {}
+            self._lock = asyncio.Lock()
+
+        # --- helpers
+        def _key(self, request: Request):
+            auth = request.headers.get("authorization", "")
+            secret = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+            key = self.keys.lookup(secret)
+            if key is None:
+                raise oa.APIError(401, "invalid or revoked API key (Authorization: Bearer vi-…)",
+                                  code="invalid_api_key")
+            return key
+
+        async def _client(self, account: str) -> AsyncClient:
+            async with self._lock:
+                if account not in self._clients:
+                    self._clients[account] = await AsyncClient.create(self.net,
+                                                                      key_seed=self.keys.signing_seed(account))
+                return self._clients[account]
+
+        async def _model(self, model_id: str) -> dict:
+            if model_id not in self._models:
+                self._models[model_id] = await self.net.registry.model.remote(model_id)
+            return self._models[model_id]
+
+        def _base(self, request: Request) -> str:
+            return str(request.base_url).rstrip("/")
+
+        # --- endpoints
+        async def models(self, request: Request) -> dict:
+            self._key(request)
+            models, nodes = await asyncio.gather(self.net.registry.list_models.remote(),
+                                                 self.net.registry.list_nodes.remote())
+            now = time.time()
+            data = []
+            for m in models:
+                mine = [n for n in nodes if n["model_id"] == m["model_id"]]
+                attested = sum(1 for n in mine if n["attested"] and n["attested_until"] >= now)
+                data.append({"id": m["model_id"], "object": "model", "created": 0, "owned_by": "verinfer",
+                             "verinfer": {"model_hash": m["model_hash"], "engine": m["engine"],
+                                          "determinism_classes": sorted({n["det_class"] for n in mine}),
+                                          "nodes": len(mine), "live_nodes": sum(1 for n in mine if n["live"]),
+                                          "attested_nodes": attested,
+                                          "modes": [s.name for s in modes.SPECS.values()
+                                                    if attested or not s.attested]}})
+            return {"object": "list", "data": data}
+
+        async def complete(self, request: Request, kind: str):
+            raw_body = await request.body()
+            if len(raw_body) > oa.MAX_BODY_BYTES:
+                raise oa.APIError(413, "request body too large")
+            key = self._key(request)
+            try:
+                body = json.loads(raw_body or b"{}")
+            except ValueError:
+                raise oa.APIError(400, "request body is not valid JSON") from None
+            cfg = self.net.config
+            model_id = (body.get("model") if isinstance(body, dict) else None) or cfg.default_model
+            if model_id not in self.net.model_hashes:
+                raise oa.APIError(404, f"model {model_id!r} is not served here", code="model_not_found",
+                                  param="model")
+            template = (await self._model(model_id)).get("chat_template")
+            call = oa.parse(kind, body, cfg.default_model, {model_id: template})
+            client = await self._client(key.account)
+            mode = call.mode or cfg.network.default_mode
+            spec = modes.SPECS.get(mode)
+            n = call.n or (spec.fixed_n if spec and spec.fixed_n else cfg.network.default_n)
+            if call.envelope is not None:  # non-custodial: the caller signed it; it must be for this prompt
+                raw, prompt = call.envelope, call.sealed_prompt or call.prompt
+                env = messages.open_envelope(raw, "request")
+                rid, mode, n = env.request_id, env.body["mode"], env.body["n"]
+                payer = env.body["client_id"]
+            else:
+                raw, rid = client.build_request(call.prompt, model=call.model, mode=mode, n=n,
+                                                max_tokens=call.max_tokens, temperature=call.temperature,
+                                                top_k=call.top_k, p=call.p, require_tee=call.require_tee,
+                                                template=call.template)
+                prompt, payer = call.prompt, client.client_id
+            if mode not in modes.SPECS:
+                raise oa.APIError(400, f"verinfer.mode must be one of {list(modes.MODES)}", param="verinfer.mode")
+            need = cfg.economics.price * modes.SPECS[mode].escrowed_runs(max(1, int(n)))
+            acct = f"client/{payer}"
+            balance = (await self.net.ledger.balances.remote(acct)).get(acct, 0)
+            if balance < need:
+                raise oa.APIError(402, f"account balance {balance} is below the {need} this request escrows",
+                                  type_="insufficient_quota", code="insufficient_quota")
+            try:
+                await self.gate.enter.remote(key.key_id, key.quota.__dict__, call.max_tokens)
+            except Exception as exc:  # (a Ray task error wrapping QuotaExceeded)
+                cause = getattr(exc, "cause", exc)
+                if isinstance(cause, QuotaExceeded) or isinstance(exc, QuotaExceeded):
+                    raise oa.APIError(429, str(cause), type_="rate_limit_exceeded", code="rate_limit_exceeded",
+                                      retry_after=getattr(cause, "retry_after", 1.0)) from None
+                raise
+            created = oa.now()
+            try:
+                handle = await client.submit_raw(raw, prompt, stream=call.stream)
+            except BaseException:
+                self.gate.leave.remote(key.key_id)
+                raise
+            url = f"{self._base(request)}/v1/receipts/{rid}"
+            if call.stream:
+                return StreamingResponse(self._sse(call, handle, created, url, mode, key.key_id),
+                                         media_type="text/event-stream",
+                                         headers={"x-verinfer-request-id": rid, "x-verinfer-status": "streaming",
+                                                  "cache-control": "no-cache"})
+            try:
+                res = await handle.result()
+            finally:
+                self.gate.leave.remote(key.key_id)
+            vi = oa.verinfer_object(res, url, mode)
+            return JSONResponse(oa.response(call, res, 0, created, vi),
+                                headers={"x-verinfer-request-id": rid, "x-verinfer-status": res.status})
+
+        async def _sse(self, call: oa.Call, handle, created: int, url: str, mode: str, key_id: str):
+            rid, streamed = handle.request_id, ""
+            try:
+                if call.kind == oa.CHAT:
+                    yield oa.sse(oa.chunk(call, rid, created, first=True))
+                res = None
+                async for item in handle.stream():
+                    if isinstance(item, dict):
+                        if item["text"]:
+                            streamed += item["text"]
+                            yield oa.sse(oa.chunk(call, rid, created, text=item["text"]))
+                    else:
+                        res = item
+                vi = oa.verinfer_object(res, url, mode, streamed_text=streamed)
+                # the last chunk says whether the stream held; if it did not, it carries the accepted text
+                tail = None if vi["stream_held"] else ""
+                yield oa.sse(oa.chunk(call, rid, created, text=tail, finish=oa.finish_reason(res, call.max_tokens),
+                                      vi=vi))
+                if call.include_usage:
+                    yield oa.sse(oa.chunk(call, rid, created, empty=True,
+                                          usage_=oa.usage(0, len(res.token_ids or []))))
+            except Exception as exc:
+                yield oa.sse(oa.error_for(exc).body())
+            finally:
+                self.gate.leave.remote(key_id)
+            yield oa.sse("[DONE]")
+
+        async def receipt(self, request: Request, request_id: str):
+            self._key(request)
+            try:
+                fin = await self.net.aggregator.final.remote(request_id)
+            except Exception as exc:
+                raise oa.error_for(exc) from None
+            raw = fin["receipt"]
+            if request.query_params.get("format") == "json":
+                body = messages.open_envelope(raw, "receipt").body
+                return JSONResponse(_jsonable(dict(body, request=messages.open_envelope(body["request"],
+                                                                                        "request").body)))
+            return Response(raw, media_type="application/msgpack",
+                            headers={"x-verinfer-request-id": request_id, "x-verinfer-status": fin["status"]})
+
+        async def attestation(self, request: Request):
+            self._key(request)
+            q = request.query_params
+            model = q.get("model") or self.net.config.default_model
+            try:
+                nonce = bytes.fromhex(q.get("nonce", ""))
+            except ValueError:
+                raise oa.APIError(400, "nonce must be hex", param="nonce") from None
+            if not 16 <= len(nonce) <= 64:
+                raise oa.APIError(400, "nonce must be 16 to 64 bytes of hex", param="nonce")
+            if model not in self.net.model_hashes:
+                raise oa.APIError(404, f"model {model!r} is not served here", code="model_not_found")
+            nodes = await self.net.registry.attested_nodes.remote(model)
+            handles = await self.net.registry.handles.remote([n["node_id"] for n in nodes])
+            fresh = await asyncio.gather(*(handles[n["node_id"]].attest.remote(nonce) for n in nodes),
+                                         return_exceptions=True)
+            client = await self._client("attestation")
+            out = [{"node_id": n["node_id"], "kem_pub": n["kem_pub"].hex(),
+                    "evidence": base64.b64encode(ev).decode()}
+                   for n, ev in zip(nodes, fresh) if isinstance(ev, bytes)]
+            return {"model": model, "model_hash": self.net.model_hashes[model], "nonce": nonce.hex(), "nodes": out,
+                    "trust_roots": [r.hex() for r in client.trust_roots],
+                    "aggregator_key": client.aggregator_key.hex(), "selector_key": client.selector_key.hex(),
+                    "vrf_key": client.vrf_key.hex(), "allow_simulated": client.allow_simulated}
+
+    def _errors(fn):
+        async def run(*a, **kw):
+            try:
+                return await fn(*a, **kw)
+            except oa.APIError as err:
+                return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+            except Exception as exc:
+                err = oa.error_for(exc)
+                return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+        return run
+
+    return app, GatewayCore, _errors, Request
+
+
+def _jsonable(v):
+    if isinstance(v, (bytes, bytearray)):
+        return v.hex()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def make_deployment(num_replicas: int = 1):
+    """The Serve deployment class (built lazily: importing this module needs no Serve)."""
+    from ray import serve
+
+    app, Core, errors, Request = _build_app()
+
+    @serve.deployment(num_replicas=num_replicas, ray_actor_options={"num_cpus": 0},
+                      max_ongoing_requests=256)
+    @serve.ingress(app)
+    class Gateway:
+        def __init__(self, net: NetView, keys_file: str, gate: Any):
+            self.core = Core(net, keys_file, gate)
+
+        @app.get("/healthz")
+        async def healthz(self):
+            return {"ok": True}
+
+        @app.get("/v1/models")
+        async def models(self, request: Request):
+            return await errors(self.core.models)(request)
+
+        @app.post("/v1/chat/completions")
+        async def chat(self, request: Request):
+            return await errors(self.core.complete)(request, oa.CHAT)
+
+        @app.post("/v1/completions")
+        async def completions(self, request: Request):
+            return await errors(self.core.complete)(request, oa.COMPLETION)
+
+        @app.get("/v1/receipts/{request_id}")
+        async def receipt(self, request: Request, request_id: str):
+            return await errors(self.core.receipt)(request, request_id)
+
+        @app.get("/v1/attestation/report")
+        async def attestation(self, request: Request):
+            return await errors(self.core.attestation)(request)
+
+    return Gateway
+
+
+def start(net, host: str = "127.0.0.1", port: int = 8000, keys_file: str | None = None, capacity: int = 64,
+          num_replicas: int = 1, detached: bool = False) -> str:
+    """Start the gateway for `net` on the connected Ray cluster; returns its base URL."""
+    from ray import serve
+
+    from actors.gate import Gate
+
+    ns = {"namespace": net.config.network.namespace, "lifetime": "detached"} if detached else {}
+    name = f"{net.config.network.name}/{GATE_NAME}"
+    try:
+        gate = ray.get_actor(name, namespace=ns.get("namespace"))
+    except ValueError:
+        gate = ray.remote(Gate).options(name=name, num_cpus=0, **ns).remote(capacity)
+    view = NetView(net.config, net.registry, net.selector, net.ledger, net.aggregator, dict(net.model_hashes))
+    keys_file = keys_file or keys_path(net.config)
+    KeyStore(keys_file)  # create the database (and its master secret) here, once
+    serve.start(http_options={"host": host, "port": int(port)})
+    serve.run(make_deployment(num_replicas).bind(view, keys_file, gate), name="verinfer", route_prefix="/",
+              blocking=False)
+    return f"http://{host}:{int(port)}"
+
+
+def stop() -> None:
+    from ray import serve
+
+    try:
+        serve.delete("verinfer")
+    except Exception:
+        pass
