@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=None, help="network TOML (default: SmolLM2 network)")
     d.add_argument("--max-tokens", type=int, default=24)
     d.add_argument("--json", action="store_true", help="also write the demo report as JSON to stdout at the end")
+    d.add_argument("--port", type=int, default=8000, help="gateway port (a free one if taken)")
+    d.add_argument("--no-serve", dest="serve", action="store_false", help="skip the HTTP gateway part")
+    d.add_argument("--keep", action="store_true", help="keep the network and gateway up until Ctrl-C")
     d.set_defaults(fn=cmd_demo)
 
     u = sub.add_parser("up", help="deploy the network as detached actors on an existing Ray cluster")

@@ -104,11 +104,94 @@ def run_demo(args) -> int:
         balances = ray.get(net.ledger.balances.remote())
         print_ledger(balances, _slashes(net.ledger), False)
         head = ray.get(net.ledger.verify.remote())
-        print(f"\nledger hash chain verified, head {head.hex()[:16]}…; total demo time {time.time() - t0:.1f}s")
+        print(f"\nledger hash chain verified, head {head.hex()[:16]}…")
+        report += _gateway_demo(net, args, os.path.dirname(ledger_path))
+        print(f"total demo time {time.time() - t0:.1f}s")
         if args.json:
             print(json.dumps({"requests": report, "balances": balances}))
     finally:
+        if getattr(args, "serve", False):
+            from . import gateway
+
+            gateway.stop()
         teardown(net)
         ray.shutdown()
     ok = all(r["status"] in ("final", "resolved") for r in report)
     return 0 if ok else 1
+
+
+def _free_port(preferred: int) -> int:
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port")
+
+
+def _gateway_demo(net, args, key_dir: str) -> list[dict]:
+    """Start the HTTP gateway, then call it once with curl and once with the openai package."""
+    if not getattr(args, "serve", True):
+        return []
+    import shutil
+    import subprocess
+
+    from . import gateway
+    from .keys import KeyStore
+
+    keys_file = os.path.join(key_dir, f"demo-keys-{uuid.uuid4().hex[:6]}.db")
+    url = gateway.start(net, "127.0.0.1", _free_port(args.port), keys_file=keys_file)
+    secret, _ = KeyStore(keys_file).create("demo", "make demo")
+    gateway.wait_ready(url)
+    print(f"\nOpenAI-compatible gateway at {url}/v1   (demo API key: {secret})")
+    model = net.config.default_model
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Name a colour."}],
+                       "max_tokens": 12, "verinfer": {"n": 3}})
+    cmd = ["curl", "-s", f"{url}/v1/chat/completions", "-H", f"Authorization: Bearer {secret}",
+           "-H", "Content-Type: application/json", "-d", body]
+    print("$ " + " ".join(c if " " not in c and "{" not in c else repr(c) for c in cmd))
+    out = []
+    if shutil.which("curl"):
+        got = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout)
+    else:  # (no curl on this machine: the same request with httpx)
+        import httpx
+
+        got = httpx.post(cmd[2], content=body, timeout=300,
+                         headers={"authorization": f"Bearer {secret}", "content-type": "application/json"}).json()
+    vi = got.get("verinfer", {})
+    print(f"  -> {got['choices'][0]['message']['content']!r}  status {vi.get('status')}, "
+          f"paid {vi.get('paid')}, receipt {vi.get('receipt_url')}")
+    out.append({"via": "curl", "status": vi.get("status"), "request_id": vi.get("request_id")})
+    try:
+        import openai
+    except ImportError:
+        print("  (pip install openai to see the streamed call)")
+        return out
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=secret)
+    print(f">>> openai.OpenAI(base_url={url + '/v1'!r}, api_key=KEY).chat.completions.create(..., stream=True)")
+    print("  -> ", end="", flush=True)
+    last = None
+    for chunk in client.chat.completions.create(model=model, max_tokens=16, stream=True,
+                                                messages=[{"role": "user", "content": "Say hello."}],
+                                                extra_body={"verinfer": {"n": 3}}):
+        if chunk.choices and chunk.choices[0].delta.content:
+            print(chunk.choices[0].delta.content, end="", flush=True)
+        last = chunk
+    vi = (last.model_extra or {}).get("verinfer", {}) if last is not None else {}
+    print(f"\n     final chunk: status {vi.get('status')}, stream held: {vi.get('stream_held')}, "
+          f"receipt {vi.get('receipt_url')}")
+    print(f"  check a receipt offline: curl -s -H 'Authorization: Bearer KEY' {url}/v1/receipts/ID > r.bin && "
+          "verinfer verify r.bin")
+    out.append({"via": "openai", "status": vi.get("status"), "request_id": vi.get("request_id")})
+    if getattr(args, "keep", False):
+        print(f"\ngateway stays up at {url}/v1 (Ctrl-C to stop)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return out

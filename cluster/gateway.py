@@ -332,6 +332,23 @@ def start(net, host: str = "127.0.0.1", port: int = 8000, keys_file: str | None 
     return f"http://{host}:{int(port)}"
 
 
+def wait_ready(url: str, timeout_s: float = 180.0) -> None:
+    """Wait until the gateway answers (Serve starts its proxy and replica in the background)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the gateway at {url} did not come up in {timeout_s:.0f}s")
+
+
 def stop() -> None:
     from ray import serve
 
