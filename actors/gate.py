@@ -24,6 +24,15 @@ class Gate:
         self.queue = FairQueue()
         self.in_flight = 0
         self.admitted: dict[str, int] = {}  # key -> requests admitted (fairness figures)
+        self.fair = True  # False: one FIFO for everyone (the baseline the benchmark compares with)
+
+    def configure(self, fair: bool = True, capacity: int | None = None) -> None:
+        """Operators and benchmarks: fair turns or one FIFO; how many requests may be in flight."""
+        self.fair = bool(fair)
+        if capacity is not None:
+            if not isinstance(capacity, int) or capacity < 1:
+                raise ValueError("gate capacity must be a positive integer")
+            self.capacity = capacity
 
     async def enter(self, key: str, quota: dict, tokens: int) -> None:
         q = Quota(**quota)
@@ -33,15 +42,17 @@ class Gate:
         if self.in_flight < self.capacity and not len(self.queue):
             self._admit(key)
             return
-        if self.queue.waiting(key) >= q.queue:
+        lane = key if self.fair else "*"
+        if sum(1 for t in self.queue._queues.get(lane, ()) if t.key == key) >= q.queue:
             meter.done()
             raise QuotaExceeded(f"{q.queue} requests of this key already wait for capacity", 1.0)
         turn = asyncio.get_running_loop().create_future()
-        self.queue.push(key, turn)
+        turn.key = key
+        self.queue.push(lane, turn)
         try:
             await asyncio.wait_for(asyncio.shield(turn), self.max_wait_s)
         except asyncio.TimeoutError:
-            if self.queue.remove(key, turn):
+            if self.queue.remove(lane, turn):
                 meter.done()
                 raise QuotaExceeded("the network is at capacity; try again", 1.0) from None
             await turn  # admitted just as the wait ended
@@ -58,9 +69,9 @@ class Gate:
             nxt = self.queue.pop()
             if nxt is None:
                 return
-            k, turn = nxt
+            _, turn = nxt
             if not turn.done():
-                self._admit(k)
+                self._admit(turn.key)
                 turn.set_result(None)
 
     def stats(self) -> dict:
