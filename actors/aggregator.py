@@ -79,6 +79,7 @@ class Live:
     stream: bool = False  # quorum members push chunks of tokens as they make them
     stream_node: str | None = None  # the member whose chunks are streamed (the first to send one)
     chunks: list = field(default_factory=list)  # what `stream` yields, in order
+    held: dict = field(default_factory=dict)  # member -> {seq: chunk} that came before its predecessors
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)  # a chunk came, or the end
 
     @property
@@ -200,12 +201,19 @@ class Aggregator:
         if not live.stream or live.round.done:
             return
         self._check_member_msg(live, env, nid)
-        if live.stream_node is None and env.body["seq"] == 0 and not any(c["node_id"] != nid for c in live.chunks):
+        seq = env.body["seq"]
+        if live.stream_node is None and seq == 0 and not live.chunks:
             live.stream_node = nid
-        mine = sum(1 for c in live.chunks if c["node_id"] == nid)
-        if live.stream_node != nid or env.body["seq"] != mine:
+        if live.stream_node != nid or not 0 <= seq < 1 << 16:
             return
-        await self._push_chunk(live, nid, list(env.body["token_ids"]), env.body["text"])
+        # calls into an async actor may arrive out of order: hold a chunk until those before it came
+        held = live.held.setdefault(nid, {})
+        held.setdefault(seq, (list(env.body["token_ids"]), env.body["text"]))
+        mine = sum(1 for c in live.chunks if c["node_id"] == nid)
+        while mine in held:
+            tokens, text = held.pop(mine)
+            await self._push_chunk(live, nid, tokens, text)
+            mine += 1
 
     async def _push_chunk(self, live: Live, nid: str, token_ids: list, text: str) -> None:
         live.chunks.append({"type": "chunk", "node_id": nid, "token_ids": token_ids, "text": text})

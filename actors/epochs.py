@@ -34,14 +34,21 @@ class EpochKeeper:
         self._tried: dict[str, float] = {}  # node -> last renewal attempt (failures retry once per margin)
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._stopped = False
 
     async def start(self) -> None:
+        self._stopped = False
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self) -> None:
+        """Stop renewing. A renewal in flight finishes first (it is not cut between the
+        registry's switch to the new keys and the node's), then no other starts."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
+        async with self._lock:
+            pass
 
     async def _loop(self) -> None:
         while True:
@@ -50,16 +57,18 @@ class EpochKeeper:
                 due = [n for n in await self.registry.due_for_renewal.remote(self.margin_s)
                        if now - self._tried.get(n, -1e18) >= self.margin_s]
                 if due:
-                    await self.renew(due)
+                    await asyncio.shield(self.renew(due, scheduled=True))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep renewing the others; the failure is on record
                 self.history.append({"at": time.time(), "error": f"{type(exc).__name__}: {exc}"})
             await asyncio.sleep(self.poll_s)
 
-    async def renew(self, node_ids: list[str]) -> list[dict]:
+    async def renew(self, node_ids: list[str], scheduled: bool = False) -> list[dict]:
         """One renewal for each node (in parallel): results in the order given."""
         async with self._lock:  # one renewal at a time per node set: nonces are per node
+            if scheduled and self._stopped:
+                return []
             self._tried.update({n: time.time() for n in node_ids})
             handles = await self.registry.handles.remote(list(node_ids))
             results = await asyncio.gather(*(self._renew_one(n, handles[n]) for n in node_ids))

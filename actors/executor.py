@@ -64,6 +64,8 @@ class NodeExecutor:
         self._executed = 0
         self._calls: collections.Counter = collections.Counter()  # request id -> protocol calls received
         self._agg_handle = None
+        self.delay_s = 0.0  # experiments only (set_delay)
+        self._prompt_tokens: dict[str, int] = {}  # request id -> prompt length in tokens (usage)
 
     # --- lifecycle
     async def ready(self) -> dict:
@@ -185,6 +187,10 @@ class NodeExecutor:
             self.engine.load(behaviour if behaviour in ("substitute", "requantize") else "honest", **key)
         self.behaviour = behaviour
 
+    def set_delay(self, seconds: float) -> None:
+        """Experiments only: start every request this much later (a slow node)."""
+        self.delay_s = max(0.0, float(seconds))
+
     def stats(self) -> dict:
         return {"node_id": self.node_id, "executed": self._executed, "behaviour": self.behaviour}
 
@@ -218,6 +224,8 @@ class NodeExecutor:
         params = SamplingParams.from_wire(body["params"])
         if self.behaviour == "silent":
             await asyncio.Event().wait()  # never answers; the aggregator times it out
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         t0 = time.perf_counter()
         method = "generate"
         if self.behaviour == "random":
@@ -239,6 +247,7 @@ class NodeExecutor:
                 gen = await loop.run_in_executor(
                     self._pool, lambda: self.engine.generate(prompt, params, on_tokens=stream)
                     if stream is not None else self.engine.generate(prompt, params))
+                self._prompt_tokens[body["request_id"]] = len(gen.prompt_token_ids)
                 if stream is not None:
                     stream.close(gen.token_ids)
                 token_ids, text = gen.token_ids, gen.text
@@ -263,6 +272,9 @@ class NodeExecutor:
             "engine_seconds": float(seconds), "nonce": os.urandom(16),
         }, signer)
         output = {"token_ids": token_ids, "text": text}
+        prompt_tokens = self._prompt_tokens.pop(rid, None)
+        if prompt_tokens is not None:  # (usage figures; not part of what is committed)
+            output["prompt_tokens"] = prompt_tokens
         if body["client_kem"]:  # only the client can read it; everyone else sees the signed digest
             output = {"sealed": sealing.seal(body["client_kem"], pack(output), sealing.output_info(rid, member_id))}
         return {"envelope": env.raw, "output": output, "method": method, "engine_seconds": seconds}
@@ -386,14 +398,23 @@ class Streamer:
         self.request_id, self.member_id, self.role, self.signer = request_id, member_id, role, signer
         self._detok, self._agg, self.interval_s = detokenize, aggregator, interval_s
         self._sent, self._text, self._seq, self._last = 0, "", 0, 0.0
+        self._refs: list = []
 
     def __call__(self, tokens: list[int]) -> None:
         if time.monotonic() - self._last >= self.interval_s:
             self._push(list(tokens))
 
     def close(self, tokens: list[int]) -> None:
+        """The last chunk, then wait until the aggregator has every chunk: the result (and with
+        it finality) never overtakes the stream."""
         if len(tokens) > self._sent:
             self._push(list(tokens), final=True)
+        import ray
+
+        try:
+            ray.get(self._refs, timeout=10)
+        except Exception:  # a lost chunk only makes the stream say it did not hold
+            pass
 
     def _push(self, tokens: list[int], final: bool = False) -> None:
         text = self._detok(tokens)
@@ -404,7 +425,7 @@ class Streamer:
         env = messages.seal("chunk", {"request_id": self.request_id, "node_id": self.member_id, "role": self.role,
                                       "seq": self._seq, "token_ids": tokens[self._sent:], "text": delta},
                             self.signer)
-        self._agg.on_chunk.remote(env.raw)
+        self._refs.append(self._agg.on_chunk.remote(env.raw))
         self._sent, self._text, self._seq, self._last = len(tokens), text, self._seq + 1, time.monotonic()
 
 

@@ -54,6 +54,16 @@ class QuorumSelector:
 
         coin=True (cross-validation) also fixes a secret coin seed for the request
         and returns only its commitment; `reveal_coin` opens it later."""
+        try:
+            return await self._draw(request_id, model_id, n, label, exclude, det_class, allow_fewer,
+                                    require_attested, coin, within)
+        except NotEnoughNodes:  # the view may trail the registry by a push: ask it once, then decide
+            self._all_views, self._version = None, -1
+            return await self._draw(request_id, model_id, n, label, exclude, det_class, allow_fewer,
+                                    require_attested, coin, within)
+
+    async def _draw(self, request_id, model_id, n, label, exclude, det_class, allow_fewer, require_attested,
+                    coin, within) -> dict:
         views, keys = await self._views(model_id)
         if within is not None:
             allowed = set(within)

@@ -272,7 +272,37 @@ def build_parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key by its id (takes effect at once)")
     kr.add_argument("key_id")
     kr.set_defaults(fn=cmd_keys)
+
+    ch = sub.add_parser("chat", help="ask a gateway through the SDK: signed by you, receipt verified by you")
+    ch.add_argument("prompt")
+    ch.add_argument("--url", default=os.environ.get("VERINFER_URL", "http://127.0.0.1:8000/v1"))
+    ch.add_argument("--key", default=os.environ.get("VERINFER_API_KEY"), help="API key (or VERINFER_API_KEY)")
+    ch.add_argument("--trust-root", action="append", help="hex attestation root key to trust (repeatable)")
+    ch.add_argument("--aggregator-key", default=None, help="hex key receipts must be signed with")
+    ch.add_argument("--model", default=None)
+    ch.add_argument("--mode", default=None, choices=list(MODES))
+    ch.add_argument("--n", type=int, default=None)
+    ch.add_argument("--require-tee", action="store_true", help="seal the prompt here, to attested nodes only")
+    ch.add_argument("--allow-simulated", action="store_true", help="accept simulated attestation (dev networks)")
+    ch.add_argument("--max-tokens", type=int, default=64)
+    ch.set_defaults(fn=cmd_chat)
     return p
+
+
+def cmd_chat(args) -> int:
+    from .sdk import GatewayError, Verinfer
+
+    if not args.key:
+        return _err("an API key is needed: --key or VERINFER_API_KEY", EXIT_USAGE)
+    vi = Verinfer(args.url, args.key, trust_roots=args.trust_root, aggregator_key=args.aggregator_key,
+                  allow_simulated=args.allow_simulated)
+    try:
+        res = vi.chat([{"role": "user", "content": args.prompt}], model=args.model, mode=args.mode, n=args.n,
+                      require_tee=args.require_tee, max_tokens=args.max_tokens)
+    except GatewayError as exc:
+        return _err(str(exc), EXIT_USAGE if 400 <= exc.status < 500 else EXIT_UNREACHABLE)
+    print_result(res)
+    return EXIT_OK if res.status in ("final", "resolved") else EXIT_CHECK
 
 
 def cmd_serve(args) -> int:

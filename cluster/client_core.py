@@ -42,6 +42,7 @@ class Result:
     time_to_finality: float
     branch: str = ""  # cross-validation: checked | unchecked
     methods: dict | None = None  # node -> how it produced its commitment (generate | prefill | ...)
+    prompt_tokens: int = 0  # as the output node reports it (usage figures; not verified)
 
 
 @dataclass(frozen=True)
@@ -192,4 +193,5 @@ class ClientCore:
                 (tm["first_output"] - tm["submitted"]) if "first_output" in tm else None)
         return Result(request_id, fin["status"], out["text"] if out else None,
                       list(out["token_ids"]) if out else None, fin["receipt"], summary, ttfo,
-                      time.time() - t0, fin.get("branch", ""), fin.get("methods"))
+                      time.time() - t0, fin.get("branch", ""), fin.get("methods"),
+                      int((fin["output"] or {}).get("prompt_tokens", 0) or 0))

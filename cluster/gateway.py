@@ -37,6 +37,7 @@ from .client import AsyncClient
 from .keys import KeyStore
 
 GATE_NAME = "gateway-gate"
+_PROXY: dict = {}  # this driver's Serve proxy address, once started
 
 
 @dataclass
@@ -106,6 +107,7 @@ def _build_app():
                 attested = sum(1 for n in mine if n["attested"] and n["attested_until"] >= now)
                 data.append({"id": m["model_id"], "object": "model", "created": 0, "owned_by": "verinfer",
                              "verinfer": {"model_hash": m["model_hash"], "engine": m["engine"],
+                                          "chat_template": m.get("chat_template"),
                                           "determinism_classes": sorted({n["det_class"] for n in mine}),
                                           "nodes": len(mine), "live_nodes": sum(1 for n in mine if n["live"]),
                                           "attested_nodes": attested,
@@ -134,10 +136,14 @@ def _build_app():
             spec = modes.SPECS.get(mode)
             n = call.n or (spec.fixed_n if spec and spec.fixed_n else cfg.network.default_n)
             if call.envelope is not None:  # non-custodial: the caller signed it; it must be for this prompt
+                if call.stream:
+                    raise oa.APIError(400, "streaming is for key-signed requests; a request signed by the "
+                                           "caller is answered whole", param="stream")
                 raw, prompt = call.envelope, call.sealed_prompt or call.prompt
                 env = messages.open_envelope(raw, "request")
                 rid, mode, n = env.request_id, env.body["mode"], env.body["n"]
                 payer = env.body["client_id"]
+                await self.net.aggregator.register_client.remote(env.sender)
             else:
                 raw, rid = client.build_request(call.prompt, model=call.model, mode=mode, n=n,
                                                 max_tokens=call.max_tokens, temperature=call.temperature,
@@ -161,12 +167,17 @@ def _build_app():
                                       retry_after=getattr(cause, "retry_after", 1.0)) from None
                 raise
             created = oa.now()
+            url = f"{self._base(request)}/v1/receipts/{rid}"
+            if call.envelope is not None:
+                try:
+                    return await self._own(call, client, raw, prompt, rid, mode, created, url)
+                finally:
+                    self.gate.leave.remote(key.key_id)
             try:
                 handle = await client.submit_raw(raw, prompt, stream=call.stream)
             except BaseException:
                 self.gate.leave.remote(key.key_id)
                 raise
-            url = f"{self._base(request)}/v1/receipts/{rid}"
             if call.stream:
                 return StreamingResponse(self._sse(call, handle, created, url, mode, key.key_id),
                                          media_type="text/event-stream",
@@ -177,6 +188,35 @@ def _build_app():
             finally:
                 self.gate.leave.remote(key.key_id)
             vi = oa.verinfer_object(res, url, mode)
+            return JSONResponse(oa.response(call, res, res.prompt_tokens, created, vi),
+                                headers={"x-verinfer-request-id": rid, "x-verinfer-status": res.status})
+
+        async def _own(self, call, client, raw: bytes, prompt, rid: str, mode: str, created: int, url: str):
+            """A request the caller signed: submitted as it is. The whole outcome goes back
+            (`verinfer.final`, msgpack) for the caller to verify; a sealed output is the caller's
+            alone to open, so only the receipt is checked here."""
+            import msgpack
+
+            t0 = time.time()
+            await self.net.aggregator.submit.remote(raw, prompt, False)
+            fin = await self.net.aggregator.final.remote(rid)
+            out = fin["output"]
+            if out is not None and "sealed" in out:
+                from types import SimpleNamespace
+
+                from protocols import receipts
+
+                summary = receipts.verify_receipt(fin["receipt"], [client.aggregator_key],
+                                                  trusted_roots=client.trust_roots,
+                                                  attestation_policy=client.receipt_policy,
+                                                  trusted_selectors=[client.selector_key, client.vrf_key])
+                res = SimpleNamespace(request_id=rid, status=fin["status"], summary=summary,
+                                      branch=fin.get("branch", ""), text="", token_ids=None,
+                                      time_to_first_output=None, time_to_finality=time.time() - t0)
+            else:
+                res = client.complete(fin, rid, t0)
+            vi = oa.verinfer_object(res, url, mode)
+            vi["final"] = base64.b64encode(msgpack.packb(fin, use_bin_type=True)).decode()
             return JSONResponse(oa.response(call, res, 0, created, vi),
                                 headers={"x-verinfer-request-id": rid, "x-verinfer-status": res.status})
 
@@ -200,7 +240,7 @@ def _build_app():
                                       vi=vi))
                 if call.include_usage:
                     yield oa.sse(oa.chunk(call, rid, created, empty=True,
-                                          usage_=oa.usage(0, len(res.token_ids or []))))
+                                          usage_=oa.usage(res.prompt_tokens, len(res.token_ids or []))))
             except Exception as exc:
                 yield oa.sse(oa.error_for(exc).body())
             finally:
@@ -326,7 +366,10 @@ def start(net, host: str = "127.0.0.1", port: int = 8000, keys_file: str | None 
     view = NetView(net.config, net.registry, net.selector, net.ledger, net.aggregator, dict(net.model_hashes))
     keys_file = keys_file or keys_path(net.config)
     KeyStore(keys_file)  # create the database (and its master secret) here, once
+    if _PROXY.get("cluster") == ray.get_runtime_context().get_job_id() and _PROXY.get("http"):
+        host, port = _PROXY["http"]  # Serve's proxy keeps the address it was first started with
     serve.start(http_options={"host": host, "port": int(port)})
+    _PROXY.update(cluster=ray.get_runtime_context().get_job_id(), http=(host, int(port)))
     serve.run(make_deployment(num_replicas).bind(view, keys_file, gate), name="verinfer", route_prefix="/",
               blocking=False)
     return f"http://{host}:{int(port)}"

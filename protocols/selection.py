@@ -142,6 +142,7 @@ def choose_class(
 ) -> str:
     """Pick the determinism class for a request, weighted by eligible node count."""
     counts: dict[str, int] = {}
+    nodes = list(nodes)
     for node in nodes:
         if node.model_id == model_id and node.live and node.stake >= min_stake and (
             not require_attested or node.attested_at(now)
@@ -150,8 +151,11 @@ def choose_class(
     fit = sorted((c, k) for c, k in ((c, k) for c, k in counts.items()) if k >= n)
     if not fit:
         best = max(counts.values(), default=0)
+        mine = [v for v in nodes if v.model_id == model_id]
         raise NotEnoughNodes(
-            f"no determinism class of model {model_id!r} has {n} eligible nodes (largest has {best})"
+            f"no determinism class of model {model_id!r} has {n} eligible nodes (largest has {best}; "
+            f"{len(mine)} registered, {sum(v.live for v in mine)} live, "
+            f"{sum(v.stake >= min_stake for v in mine)} staked{', attested ' + str(sum(v.attested_at(now) for v in mine)) if require_attested else ''})"
         )
     total = sum(k for _, k in fit)
     pick = RandomStream(sha256(seed, b"|class")).below(total)

@@ -214,3 +214,26 @@ def test_attestation_report_needs_a_fresh_nonce(gateway):
         res = att.verify(ev, att.ExpectedBinding(report["signing_pub"], report["kem_pub"], bytes.fromhex("ab" * 16)),
                          policy, roots, time.time())
         assert res.ok, res.detail
+
+
+def test_a_stream_whose_first_node_cheats_ends_saying_so_with_the_accepted_text(gateway, tiny_net, behave):
+    cheater = "tiny-05"
+    behave(cheater, "substitute")  # another model: another answer, streamed first (the others start late)
+    honest = [n for n in tiny_net.executors if n != cheater]
+    ray.get([tiny_net.executors[n].set_delay.remote(1.0) for n in honest])
+    try:
+        for _ in range(24):  # until the draw includes the cheater (3 of 8 each time)
+            chunks = list(_client(gateway).chat.completions.create(
+                model=tiny_net.config.default_model, messages=[{"role": "user", "content": "the truth, please"}],
+                max_tokens=8, stream=True, extra_body={"verinfer": {"n": 3}}))
+            vi = [c for c in chunks if c.choices][-1].model_extra["verinfer"]
+            if cheater in vi["members"]:
+                break
+        else:
+            pytest.fail("the cheater was never drawn")
+    finally:
+        ray.get([tiny_net.executors[n].set_delay.remote(0.0) for n in honest])
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert vi["status"] == "resolved" and [cheater, "cheat"] in vi["slashed"]
+    out = ray.get(tiny_net.aggregator.final.remote(vi["request_id"]))["output"]
+    assert vi["stream_held"] is False and vi["accepted_text"] == out["text"] != streamed

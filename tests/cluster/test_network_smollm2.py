@@ -63,3 +63,32 @@ def test_seeded_sampling_agrees_across_nodes(smol_net):
     res = client.generate("Tell me a fun fact.", n=3, max_tokens=8, temperature=0.8, top_k=50).result()
     assert res.status == "final"
     assert len(set(reveals_of(res.receipt).values())) == 1
+
+
+def test_smollm2_through_the_gateway_streams_what_the_receipt_binds(smol_net, tmp_path):
+    openai = pytest.importorskip("openai")
+    import socket
+
+    from cluster import gateway
+    from cluster.keys import KeyStore
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    keys = str(tmp_path / "keys.db")
+    url = gateway.start(smol_net, "127.0.0.1", port, keys_file=keys)
+    secret, _ = KeyStore(keys).create("smol")
+    gateway.wait_ready(url)
+    try:
+        c = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=300)
+        chunks = list(c.chat.completions.create(
+            model=smol_net.config.default_model, messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=8, stream=True, extra_body={"verinfer": {"n": 3}}))
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        vi = [ch for ch in chunks if ch.choices][-1].model_extra["verinfer"]
+        assert vi["status"] == "final" and vi["stream_held"] and len(vi["paid"]) == 3 and "Paris" in text
+        fin = ray.get(smol_net.aggregator.final.remote(vi["request_id"]))
+        assert fin["output"]["text"] == text
+        receipts.verify_receipt(fin["receipt"], [smol_net.client().aggregator_key], fin["output"]["token_ids"])
+    finally:
+        gateway.stop()
