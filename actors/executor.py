@@ -407,7 +407,7 @@ class Streamer:
     def close(self, tokens: list[int]) -> None:
         """The last chunk, then wait until the aggregator has every chunk: the result (and with
         it finality) never overtakes the stream."""
-        if len(tokens) > self._sent:
+        if len(tokens) > self._sent or self._detok(list(tokens)) != self._text:  # (a held-back tail too)
             self._push(list(tokens), final=True)
         import ray
 
