@@ -392,10 +392,15 @@ def wait_ready(url: str, timeout_s: float = 180.0) -> None:
     raise TimeoutError(f"the gateway at {url} did not come up in {timeout_s:.0f}s")
 
 
-def stop() -> None:
+def stop(shutdown: bool = False) -> None:
+    """Remove the gateway app; with shutdown, Serve's controller and proxy too (they keep
+    using CPU on an otherwise idle cluster)."""
     from ray import serve
 
     try:
         serve.delete("verinfer")
+        if shutdown:
+            serve.shutdown()
+            _PROXY.clear()
     except Exception:
         pass

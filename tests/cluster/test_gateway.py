@@ -42,7 +42,7 @@ def gateway(tiny_net, tmp_path_factory):
             pass
         time.sleep(0.5)
     yield {"url": url, "key": secret, "slow": slow, "store": store}
-    gw.stop()
+    gw.stop(shutdown=True)
 
 
 def _client(gw, key=None):

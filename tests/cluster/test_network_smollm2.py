@@ -91,4 +91,4 @@ def test_smollm2_through_the_gateway_streams_what_the_receipt_binds(smol_net, tm
         assert fin["output"]["text"] == text
         receipts.verify_receipt(fin["receipt"], [smol_net.client().aggregator_key], fin["output"]["token_ids"])
     finally:
-        gateway.stop()
+        gateway.stop(shutdown=True)
