@@ -182,15 +182,24 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     locked = [i["node_id"] for i in infos if group_of[i["node_id"]].model in sealed_paths]
     if locked:  # weights keys go only to attested executors; the others stay out of service
         refs = [executors[n].unlock.remote(registry) for n in locked]
-        failed = []
+        failed: dict[str, str] = {}
         for nid, ref in zip(locked, refs):
-            try:
-                ray.get(ref)
-            except Exception:
-                failed.append(nid)
-                ray.get(registry.set_live.remote(nid, False))
+            for attempt in range(2):  # once more after a failure: a slow start is not a refusal
+                try:
+                    ray.get(ref)
+                    failed.pop(nid, None)
+                    break
+                except Exception as exc:
+                    failed[nid] = f"{type(exc).__name__}: {str(exc).splitlines()[-1][:200] if str(exc) else ''}"
+                    if attempt == 0:
+                        ref = executors[nid].unlock.remote(registry)
+        for nid in failed:
+            ray.get(registry.set_live.remote(nid, False))
         log(f"released encrypted weights to {len(locked) - len(failed)}/{len(locked)} attested node(s)"
             + (f"; refused: {', '.join(failed)}" if failed else ""))
+        if failed and len(failed) == len(locked):
+            raise VerinferError("no node could load the encrypted weights: "
+                                + "; ".join(f"{n}: {why}" for n, why in sorted(failed.items())))
     classes = sorted({i["det_class"] for i in infos})
     log(f"admitted {len(infos)} node(s) in {len(classes)} determinism class(es): {', '.join(classes)}")
     return Network(cfg, registry, selector, ledger, aggregator, executors, epochs, pgs, hashes)
