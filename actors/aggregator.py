@@ -17,10 +17,11 @@ unblinded — checked against the mapping commitment the selector published at
 draw time.
 
 Why over 400 lines: it is the one place that turns every kind of member message
-(results, reveals, refusals; returned or pushed) into round events and every
-round action into calls, and those two directions share the per-round state
-(Live). Transports (actors/transport.py), liveness (actors/liveness.py) and
-every rule (protocols/) already live elsewhere; what is left is that glue.
+(results, reveals, refusals, stream chunks; returned or pushed) into round
+events and every round action into calls, and those directions share the
+per-round state (Live) and its futures. Transports (actors/transport.py),
+liveness (actors/liveness.py) and every rule (protocols/: admission, decision,
+settlement, streams, ...) already live elsewhere; what is left is that glue.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 from actors import transport
 from actors.background import spawn
 from actors.liveness import Reviver
-from protocols import admission, commitments, crossval, messages, modes, obfuscation, receipts, settlement
+from protocols import admission, commitments, crossval, messages, modes, obfuscation, receipts, settlement, streams
 from protocols.admission import Limits
 from protocols.crypto import SigningKey
 from protocols.errors import MessageError, SelectorMisbehaved, UnknownRequest, VerinferError
@@ -77,9 +78,8 @@ class Live:
     require_tee: bool = False  # every member must hold valid attestation
     recipients: tuple[str, ...] | None = None  # sealed prompt: the only nodes that can serve it
     stream: bool = False  # quorum members push chunks of tokens as they make them
-    stream_node: str | None = None  # the member whose chunks are streamed (the first to send one)
+    order: streams.ChunkOrder = field(default_factory=streams.ChunkOrder)  # which chunks pass, in order
     chunks: list = field(default_factory=list)  # what `stream` yields, in order
-    held: dict = field(default_factory=dict)  # member -> {seq: chunk} that came before its predecessors
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)  # a chunk came, or the end
 
     @property
@@ -201,19 +201,8 @@ class Aggregator:
         if not live.stream or live.round.done:
             return
         self._check_member_msg(live, env, nid)
-        seq = env.body["seq"]
-        if live.stream_node is None and seq == 0 and not live.chunks:
-            live.stream_node = nid
-        if live.stream_node != nid or not 0 <= seq < 1 << 16:
-            return
-        # calls into an async actor may arrive out of order: hold a chunk until those before it came
-        held = live.held.setdefault(nid, {})
-        held.setdefault(seq, (list(env.body["token_ids"]), env.body["text"]))
-        mine = sum(1 for c in live.chunks if c["node_id"] == nid)
-        while mine in held:
-            tokens, text = held.pop(mine)
+        for tokens, text in live.order.accept(nid, env.body["seq"], (list(env.body["token_ids"]), env.body["text"])):
             await self._push_chunk(live, nid, tokens, text)
-            mine += 1
 
     async def _push_chunk(self, live: Live, nid: str, token_ids: list, text: str) -> None:
         live.chunks.append({"type": "chunk", "node_id": nid, "token_ids": token_ids, "text": text})
@@ -263,8 +252,7 @@ class Aggregator:
                     live.timings["first_output"] = time.time()
                     live.first.set_result(self._signed_output(live, act.node_id))
                     out = live.outputs[act.node_id]
-                    if live.stream and live.stream_node is None and "sealed" not in out:  # nobody streamed
-                        live.stream_node = act.node_id
+                    if live.stream and "sealed" not in out and live.order.follow(act.node_id):  # nobody streamed
                         await self._push_chunk(live, act.node_id, list(out["token_ids"]), out["text"])
             elif isinstance(act, RequestReveals):
                 live.msgs["reveal_request"] += len(act.node_ids)

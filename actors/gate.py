@@ -43,7 +43,7 @@ class Gate:
             self._admit(key)
             return
         lane = key if self.fair else "*"
-        if sum(1 for t in self.queue._queues.get(lane, ()) if t.key == key) >= q.queue:
+        if self.queue.waiting(lane, key) >= q.queue:
             meter.done()
             raise QuotaExceeded(f"{q.queue} requests of this key already wait for capacity", 1.0)
         turn = asyncio.get_running_loop().create_future()

@@ -1,5 +1,10 @@
 """SlashingLedger: durable accounts on SQLite, one writer, group commit.
 
+Why over 400 lines: the store and its actor shell share one transaction
+discipline (every group, settlement and pseudonym binding applies inside the
+same commit, in the writer thread); the money rules themselves live in
+protocols/ledger.py and protocols/settlement.py.
+
 `LedgerStore` is the plain-Python store (WAL, synchronous=FULL): it applies
 groups of postings in one transaction and returns only after COMMIT, so every
 acknowledged result survives kill -9. `SlashingLedger` is the async actor shell

@@ -95,8 +95,10 @@ class FairQueue:
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
-    def waiting(self, key: str) -> int:
-        return len(self._queues.get(key, ()))
+    def waiting(self, key: str, owner=None) -> int:
+        """Items waiting under `key` (only those whose `.key` is `owner`, when given)."""
+        q = self._queues.get(key, ())
+        return len(q) if owner is None else sum(1 for t in q if getattr(t, "key", None) == owner)
 
     def push(self, key: str, item) -> None:
         if key not in self._queues or not self._queues[key]:

