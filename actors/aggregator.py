@@ -16,6 +16,12 @@ push their results and reveals signed by one-time keys (`obf_result`,
 unblinded — checked against the mapping commitment the selector published at
 draw time.
 
+Crashes: with a store, every round is journaled (actors.journal) and a shard
+Ray restarts rebuilds each open round from its journal, then finishes it if it
+had been decided (the ledger's settlement is idempotent) or ends it unresolved
+with the escrow refunded. `final` / `stream` / a retried `submit` of such a
+request answer from the journal; request ids stay spent across restarts.
+
 Why over 400 lines: it is the one place that turns every kind of member message
 (results, reveals, refusals, stream chunks; returned or pushed) into round
 events and every round action into calls, and those directions share the
@@ -36,11 +42,15 @@ from typing import Any
 
 from actors import transport
 from actors.background import spawn
+from actors.journal import SEALED as JOURNAL_SEALED, Journal
 from actors.liveness import Reviver
+from actors.store import open_store
 from protocols import admission, commitments, crossval, messages, modes, obfuscation, receipts, settlement, streams
 from protocols.admission import Limits
 from protocols.crypto import SigningKey
 from protocols.errors import MessageError, SelectorMisbehaved, UnknownRequest, VerinferError
+
+RESTARTED = "the aggregator shard restarted before the round ended; the escrow was refunded"
 from protocols.sampling import (CROSS_VALIDATION, QUORUM, REFEREE, RUNNING, SAMPLING, Dispatch, DrawReferees,
                                 DrawReplacements, DrawVerifiers, Finalize, FirstOutput, FlipCoin, RequestReveals,
                                 Round)
@@ -93,7 +103,7 @@ class Live:
 
 class Aggregator:
     def __init__(self, registry: Any, selector: Any, ledger: Any, econ: Any, limits: Limits | dict | None = None,
-                 key_seed: bytes | None = None):
+                 key_seed: bytes | None = None, store: dict | None = None, shard: int = 0):
         self.registry, self.selector, self.ledger = registry, selector, ledger
         self.econ = econ
         self.limits = Limits.of(limits)
@@ -109,7 +119,111 @@ class Aggregator:
                                 self.limits.reveal_timeout_s, self._tasks)
         self._finished: collections.deque = collections.deque()  # eviction order of finished rounds
         self._direct, self._obfuscated = transport.Direct(self), transport.Obfuscated(self)
-        self.counters = {"submitted": 0, "final": 0, "resolved": 0, "unresolved": 0, "failed": 0, "messages": 0}
+        self.counters = {"submitted": 0, "final": 0, "resolved": 0, "unresolved": 0, "failed": 0, "messages": 0,
+                         "recovered": 0}
+        self.shard = int(shard)
+        st = open_store(store, sealed=JOURNAL_SEALED)
+        self.journal = Journal(st, self.limits.retain_rounds) if st is not None else None
+        self._recovery = None
+        if self.journal is not None:
+            self.counters.update(st.get("meta", "counters", {}))
+            self._recovery = spawn(self._tasks, self._recover())
+
+    # --- after a restart
+    async def _recover(self) -> None:
+        """Rebuild every journaled open round and end it; bring back nodes taken out."""
+        for rid, (meta, events) in self.journal.open_rounds().items():
+            try:
+                live, outcome = self._rebuild(rid, meta, events)
+                self.rounds[rid] = live
+                self.journal.adopt(rid, len(events))
+                self.counters["recovered"] += 1
+                if outcome is not None:
+                    await self._finalize(live, outcome)
+                else:
+                    await self._run(live, self._step(live, "abort", RESTARTED))
+            except Exception as exc:  # never leave escrow behind: refund at least
+                await self._refund_lost(rid, meta, exc)
+        try:
+            for n in await self.registry.list_nodes.remote():
+                if not n["live"] and not n.get("rejoining"):
+                    self._reviver.revive(n["node_id"])
+        except Exception:
+            pass
+
+    def _rebuild(self, rid: str, meta: dict, events: list):
+        req = admission.Request.parse(meta["request"])
+        ra = meta["round"]
+        rnd = Round(rid, ra["members"], ra["deadline_s"], ra["reveal_timeout_s"], ra["referees"], mode=ra["mode"],
+                    verifiers=ra["verifiers"])
+        loop = asyncio.get_running_loop()
+        live = Live(req, "", rnd, meta.get("det_class", ""), meta["amount"], meta["t0"], first=loop.create_future(),
+                    final=loop.create_future(), p=meta["p"],
+                    transport=self._obfuscated if req.mode.pseudonymous else self._direct,
+                    require_tee=meta["require_tee"], recipients=tuple(meta["recipients"]) if meta["recipients"]
+                    else None, stream=meta["stream"])
+        live.draws.extend(meta.get("draws", []))  # the quorum's draw, made before the round was journaled
+        live.mapping.update(meta.get("mapping", {}))
+        outcome = None
+        for kind, args in events:
+            if kind == "rnd":
+                try:
+                    acts = getattr(rnd, args[0])(*args[1:])
+                except MessageError:
+                    continue
+                for a in acts:
+                    if isinstance(a, Finalize):
+                        outcome = a.outcome
+            elif kind == "drawn":
+                live.draws.extend(args[0])
+                live.mapping.update(args[1])
+                live.det_class = live.det_class or args[2]
+            elif kind == "result":
+                nid, raw, out, method = args
+                live.results[nid], live.outputs[nid], live.methods[nid] = raw, out, method
+            elif kind == "reveal":
+                live.reveals[args[0]] = args[1]
+            elif kind == "coin":
+                live.coin = args[0]
+        return live, (outcome if rnd.done else None)
+
+    async def _refund_lost(self, rid: str, meta: dict, exc: Exception) -> None:
+        req = admission.Request.parse(meta["request"])
+        try:
+            await self.ledger.settle.remote(settlement.refund(rid, req.client_id, meta["amount"]))
+        except Exception:
+            pass  # already settled (by the round itself): nothing is held for it
+        self.journal.close(rid, {"error": f"{RESTARTED} ({type(exc).__name__}: {exc})",
+                                 "error_type": "VerinferError"})
+
+    def _step(self, live: Live, name: str, *args) -> list:
+        """A call into the round, journaled first (a rebuilt round replays exactly these)."""
+        if self.journal is not None:
+            self.journal.event(live.round.request_id, "rnd", name, *args)
+        return getattr(live.round, name)(*args)
+
+    def _note(self, live: Live, kind: str, *args) -> None:
+        if self.journal is not None:
+            self.journal.event(live.round.request_id, kind, *args)
+
+    async def _draw(self, live: Live, *args, **kw) -> dict:
+        n0, m0 = len(live.draws), set(live.mapping)
+        d = await live.transport.draw(live, *args, **kw)
+        self._note(live, "drawn", live.draws[n0:], {k: v for k, v in live.mapping.items() if k not in m0},
+                   d["det_class"])
+        return d
+
+    async def _journaled(self, request_id: str):
+        """A request this shard no longer holds in memory: its final answer from the
+        journal (after any recovery in progress), or UnknownRequest."""
+        if self._recovery is not None and not self._recovery.done():
+            await asyncio.shield(self._recovery)
+        if request_id in self.rounds:
+            return self.rounds[request_id]
+        fin = self.journal.final(request_id) if self.journal is not None else None
+        if fin is None:
+            raise UnknownRequest(f"no round {request_id}")
+        return fin
 
     def pubkey(self) -> bytes:
         return self.key.public
@@ -131,7 +245,7 @@ class Aggregator:
         """protocols.admission's rules, plus what needs this actor's state: replays, the model record."""
         req = admission.Request.parse(request_raw)
         if req.request_id in self.rounds or self.guard.seen_request(req.request_id) \
-                or req.request_id in self.guard.spent:
+                or req.request_id in self.guard.spent or (self.journal is not None and self.journal.spent(req.request_id)):
             raise messages.ReplayedMessage(f"request {req.request_id} was already submitted")
         return admission.admit(request_raw, prompt, self.limits, await self._model(req.model_id))
 
@@ -139,6 +253,9 @@ class Aggregator:
         """Admit, draw, escrow and dispatch. Raises a typed error and changes nothing on bad input.
         stream=True: members push their tokens as they make them; read them with `stream`."""
         t0 = time.time()
+        again = await self._resubmitted(request_raw)
+        if again is not None:
+            return again
         adm = await self._admit(request_raw, prompt)
         req, rid = adm.request, adm.request_id
         self.guard.record(req)
@@ -152,8 +269,24 @@ class Aggregator:
             live = Live(req, prompt, rnd, "", amount, t0, first=loop.create_future(), final=loop.create_future(),
                         p=adm.p, transport=self._obfuscated if req.mode.pseudonymous else self._direct,
                         require_tee=req.attested, recipients=adm.recipients, stream=bool(stream))
-            draw = await live.transport.draw(live, adm.members, "quorum", QUORUM, (), coin=cv, hold=True)
-            _raise_group_error(await self.ledger.escrow.remote(rid, req.client_id, amount))
+            draw = await self._draw(live, adm.members, "quorum", QUORUM, (), coin=cv, hold=True)
+            if self.journal is not None:  # durable before any money moves for it
+                self.journal.open(rid, {"request": req.raw, "amount": amount, "p": adm.p, "t0": t0,
+                                        "require_tee": req.attested, "recipients": list(adm.recipients or []),
+                                        "stream": bool(stream), "det_class": draw["det_class"],
+                                        "draws": list(live.draws), "mapping": dict(live.mapping),
+                                        "round": {"members": adm.members, "deadline_s": adm.deadline_s,
+                                                  "reveal_timeout_s": self.limits.reveal_timeout_s,
+                                                  "referees": adm.members + self.limits.referee_extra,
+                                                  "mode": CROSS_VALIDATION if cv else SAMPLING,
+                                                  "verifiers": req.n if cv else 0}})
+                self.journal.flush()
+            try:
+                _raise_group_error(await self.ledger.escrow.remote(rid, req.client_id, amount))
+            except BaseException:
+                if self.journal is not None:  # nothing was escrowed: the round never existed
+                    self.journal.close(rid, {"error": "escrow refused", "error_type": "VerinferError"})
+                raise
         except BaseException:
             self.guard.forget(rid)
             self.selector.forget.remote(rid)
@@ -162,19 +295,56 @@ class Aggregator:
         await live.transport.release(live)
         live.det_class = draw["det_class"]
         self.counters["submitted"] += 1
-        await self._run(live, rnd.start(draw["selected"], draw["keys"], time.time()))
+        await self._run(live, self._step(live, "start", draw["selected"], draw["keys"], time.time()))
         spawn(self._tasks, self._clock(live))
         # (returning the executors' ObjectRefs here would let the client race them directly,
         # but handing out borrowed refs costs ~4 ms per submit here: the aggregator's
         # first_output is the faster path)
         return {"request_id": rid, "quorum_size": len(draw["selected"]), "det_class": draw["det_class"],
-                "deadline_s": adm.deadline_s}
+                "deadline_s": adm.deadline_s, "shard": self.shard}
+
+    async def _resubmitted(self, request_raw: bytes) -> dict | None:
+        """The same signed request again, submitted to an earlier life of this shard (Ray
+        retries a call whose shard died under it): answer as the first submit did instead
+        of refusing it as a replay. Within one life a second submit is a replay."""
+        try:
+            rid = messages.open_envelope(request_raw, "request").request_id
+        except Exception:
+            return None  # admission says what is wrong with it
+        if self.guard.seen_request(rid) or rid in self.guard.spent:
+            return None
+        live = self.rounds.get(rid)
+        if live is not None:
+            same = live.request.raw == request_raw
+        elif self.journal is not None and self.journal.spent(rid):
+            await self._journaled(rid) if self._recovery is not None and not self._recovery.done() else None
+            got = self.rounds.get(rid)
+            meta = self.journal.opened(rid)
+            same = (got is not None and got.request.raw == request_raw) or (
+                meta is not None and meta["request"] == request_raw) or self._final_request(rid) == request_raw
+        else:
+            return None
+        if not same:
+            return None  # another request under a spent id: admission refuses it as a replay
+        return {"request_id": rid, "resubmitted": True, "shard": self.shard}
+
+    def _final_request(self, rid: str) -> bytes | None:
+        fin = self.journal.final(rid) if self.journal is not None else None
+        return (fin or {}).get("request")
 
     # --- client waits
     async def first_output(self, request_id: str) -> dict:
+        if request_id not in self.rounds:
+            got = await self._journaled(request_id)
+            if not isinstance(got, Live):
+                return None  # the round ended in an earlier life of this shard: see `final`
         return await asyncio.shield(self._live(request_id).first)
 
     async def final(self, request_id: str) -> dict:
+        if request_id not in self.rounds:
+            got = await self._journaled(request_id)
+            if not isinstance(got, Live):
+                return _answer(got)
         return await asyncio.shield(self._live(request_id).final)
 
     async def stream(self, request_id: str):
@@ -182,6 +352,11 @@ class Aggregator:
         streaming member's tokens, {"type": "chunk", "node_id", "token_ids", "text"}, then
         {"type": "final", ...what `final` returns}. Chunks are provisional; the final item
         is what the round accepted."""
+        if request_id not in self.rounds:
+            got = await self._journaled(request_id)
+            if not isinstance(got, Live):
+                yield dict(_answer(got), type="final")
+                return
         live, sent = self._live(request_id), 0
         while True:
             async with live.changed:
@@ -228,7 +403,15 @@ class Aggregator:
                 "members": {m.node_id: {"role": m.role, "state": m.state} for m in r.members.values()}}
 
     def stats(self) -> dict:
-        return dict(self.counters, open=sum(1 for l in self.rounds.values() if not l.round.done))
+        return dict(self.counters, open=sum(1 for l in self.rounds.values() if not l.round.done), shard=self.shard,
+                    escrow_open=sum(l.escrowed for l in self.rounds.values() if not l.round.done),
+                    recovering=self._recovery is not None and not self._recovery.done())
+
+    async def health(self) -> dict:
+        """Alive, recovered, and how much it holds (verinfer status)."""
+        if self._recovery is not None and not self._recovery.done():
+            await asyncio.shield(self._recovery)
+        return dict(self.stats(), pid=os.getpid())
 
     # --- peers
     async def handle(self, node_id: str):
@@ -272,35 +455,42 @@ class Aggregator:
                 return
             if isinstance(act, (DrawReplacements, DrawReferees, DrawVerifiers)):
                 # a draw that fails is a draw that found nobody: the decision rule takes it from there
-                got = (rnd.on_referees([], [], time.time()) if isinstance(act, DrawReferees) else
-                       rnd.on_no_replacement(act.role if isinstance(act, DrawReplacements) else QUORUM, time.time()))
+                got = (self._step(live, "on_referees", [], [], time.time()) if isinstance(act, DrawReferees) else
+                       self._step(live, "on_no_replacement", act.role if isinstance(act, DrawReplacements)
+                                  else QUORUM, time.time()))
                 await self._run(live, got)
             else:
-                await self._run(live, rnd.abort(f"{type(act).__name__} failed: {type(exc).__name__}: {exc}"))
+                await self._run(live, self._step(live, "abort",
+                                                 f"{type(act).__name__} failed: {type(exc).__name__}: {exc}"))
 
     async def _background_step(self, live: Live, act) -> None:
-        rnd, now, draw = live.round, time.time, live.transport.draw
+        rnd, now = live.round, time.time
+
+        async def draw(live_, *a, **kw):
+            return await self._draw(live_, *a, **kw)
         if isinstance(act, FlipCoin):
             seed, proof = await self.selector.reveal_coin.remote(rnd.request_id)
             checked = crossval.flip(seed, rnd.request_id, act.commit_hash, live.p)
             live.coin = {"commit": live.draws[0]["coin_commit"], "seed": seed, "proof": proof,
                          "p": repr(float(live.p)),
                          "node_id": act.node_id, "commit_hash": act.commit_hash, "checked": checked}
-            await self._run(live, rnd.on_coin(checked, now()))
+            self._note(live, "coin", live.coin)
+            await self._run(live, self._step(live, "on_coin", checked, now()))
         elif isinstance(act, DrawVerifiers):
             d = await draw(live, act.count, "verify", QUORUM, act.exclude, allow_fewer=True)
-            await self._run(live, rnd.on_verifiers(d["selected"], d["keys"], now()))
+            await self._run(live, self._step(live, "on_verifiers", d["selected"], d["keys"], now()))
         elif isinstance(act, DrawReferees):  # attested referees settle disputes wherever they exist
             d = await draw(live, act.count, "referee", REFEREE, act.exclude, allow_fewer=True, attested=True)
             if not d["selected"] and not live.require_tee:
                 d = await draw(live, act.count, "referee:any", REFEREE, act.exclude, allow_fewer=True)
-            await self._run(live, rnd.on_referees(d["selected"], d["keys"], now()))
+            await self._run(live, self._step(live, "on_referees", d["selected"], d["keys"], now()))
         else:
             k = sum(1 for m in rnd.members.values() if m.role == act.role)
             d = await draw(live, act.count, f"replace:{act.role}:{k}", act.role, act.exclude, allow_fewer=True)
             live.transport.drop(live, [n for n in act.exclude if n in rnd.members
                                        and rnd.members[n].state == "timed-out"])
-            await self._run(live, rnd.on_replacements(d["selected"], d["keys"], act.role, now(), act.count))
+            await self._run(live, self._step(live, "on_replacements", d["selected"], d["keys"], act.role, now(),
+                                             act.count))
 
     def _signed_output(self, live: Live, node_id: str) -> dict:
         m = live.round.members[node_id]
@@ -309,7 +499,8 @@ class Aggregator:
 
     # --- incoming results and reveals (returned by calls, or pushed in obfuscated mode)
     async def member_failed(self, live: Live, nid: str) -> None:
-        await self._run(live, live.round.on_failure(nid, time.time()))
+        if not live.round.done:
+            await self._run(live, self._step(live, "on_failure", nid, time.time()))
 
     async def accept_refusal(self, live: Live, nid: str, raw: bytes, pushed: bool = False) -> None:
         """A member says the client's sealed prompt does not open for it. Only a sealed
@@ -329,7 +520,7 @@ class Aggregator:
             await self.member_failed(live, nid)
             return
         live.msgs["refusal"] += 1
-        await self._run(live, live.round.abort(f"{nid} refused the client's sealed prompt: {env.body['reason']}"))
+        await self._run(live, self._step(live, "abort", f"{nid} refused the client's sealed prompt: {env.body['reason']}"))
 
     async def accept_result(self, live: Live, nid: str, res: Any, pushed: bool = False) -> None:
         rnd = live.round
@@ -349,11 +540,12 @@ class Aggregator:
         live.msgs["result"] += 1
         self.counters["messages"] += 1
         try:
-            actions = rnd.on_result(nid, env.sender, env.body["commit_hash"], time.time())
+            actions = self._step(live, "on_result", nid, env.sender, env.body["commit_hash"], time.time())
         except MessageError:
             return  # late (already timed out) or out of stage: ignored, and kept out of the receipt
         live.results[nid], live.outputs[nid] = env.raw, out
         live.methods[nid] = res.get("method", "generate")
+        self._note(live, "result", nid, env.raw, out, live.methods[nid])
         await self._run(live, actions)
 
     async def accept_reveal(self, live: Live, nid: str, raw: bytes, pushed: bool = False) -> None:
@@ -370,10 +562,12 @@ class Aggregator:
         live.msgs["reveal"] += 1
         self.counters["messages"] += 1
         try:
-            actions = rnd.on_reveal(nid, env.sender, env.body["commitment"], env.body["salt"], time.time())
+            actions = self._step(live, "on_reveal", nid, env.sender, env.body["commitment"], env.body["salt"],
+                                 time.time())
         except MessageError:
             return  # late: the member already timed out; its reveal is not evidence of this round
         live.reveals[nid] = env.raw
+        self._note(live, "reveal", nid, env.raw)
         await self._run(live, actions)
 
     def _authentic(self, live: Live, nid: str, raw: bytes, type_: str) -> messages.Envelope:
@@ -421,7 +615,7 @@ class Aggregator:
             try:
                 await asyncio.wait_for(live.wake.wait(), timeout)
             except asyncio.TimeoutError:
-                await self._run(live, rnd.on_tick(time.time()))
+                await self._run(live, self._step(live, "on_tick", time.time()))
 
     # --- the end: settle, apply its effects, sign, answer
     async def _apply(self, effects: settlement.Effects) -> None:
@@ -438,6 +632,8 @@ class Aggregator:
     async def _finalize(self, live: Live, outcome) -> None:
         rnd = live.round
         live.timings["decided"] = time.time()
+        if self.journal is not None:  # what is settled can be rebuilt: durable before the ledger moves
+            self.journal.flush()
         try:
             seqs, effects = await live.transport.settle(live, outcome)
         except obfuscation.UnblindingRejected as exc:  # the selector lied: slash nobody on its word
@@ -458,9 +654,13 @@ class Aggregator:
             if answer is not None and "sealed" in answer else {}
         if not live.first.done():  # nobody answered: unblock waiters with the outcome
             live.first.set_result(None)
-        live.final.set_result({"receipt": receipt, "output": answer, "alternates": alternates, "status": outcome.status,
-                               "branch": outcome.branch, "methods": dict(live.methods), "messages": dict(live.msgs),
-                               "timings": dict(live.timings, submitted=live.submitted_at)})
+        fin = {"receipt": receipt, "output": answer, "alternates": alternates, "status": outcome.status,
+               "branch": outcome.branch, "methods": dict(live.methods), "messages": dict(live.msgs),
+               "timings": dict(live.timings, submitted=live.submitted_at)}
+        if self.journal is not None:
+            self.journal.close(rnd.request_id, dict(fin, request=live.request.raw))
+            self.journal.store.put("meta", "counters", self.counters)
+        live.final.set_result(fin)
         await self._ended(live)
         live.transport.close(live)
         self._retire(rnd.request_id)
@@ -479,6 +679,9 @@ class Aggregator:
             settlement.refund(rnd.request_id, live.client_id, live.escrowed)))
         self.counters["failed"] += 1
         err = SelectorMisbehaved(f"request {rnd.request_id}: {exc}; nobody was slashed, the escrow was refunded")
+        if self.journal is not None:
+            self.journal.close(rnd.request_id, {"error": str(err), "error_type": "SelectorMisbehaved",
+                                                "request": live.request.raw})
         if not live.first.done():
             live.first.set_result(None)
         live.final.set_exception(err)
@@ -493,6 +696,13 @@ class Aggregator:
         state = {k: v for k, v in vars(live).items() if k not in ("first", "final", "wake", "calls", "transport",
                                                                    "changed")}
         return pickle.dumps(state)
+
+
+def _answer(fin: dict) -> dict:
+    """A journaled final answer as `final` returns it (or the error the round ended with)."""
+    if "error" in fin:
+        raise (SelectorMisbehaved if fin.get("error_type") == "SelectorMisbehaved" else VerinferError)(fin["error"])
+    return {k: v for k, v in fin.items() if k != "request"}
 
 
 def _raise_group_error(result) -> None:

@@ -35,6 +35,13 @@ class EpochKeeper:
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self._stopped = False
+        try:  # restarted by Ray after a crash: keep renewing as before
+            import ray
+
+            if ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed:
+                self._task = asyncio.ensure_future(self._loop())
+        except Exception:
+            pass
 
     async def start(self) -> None:
         self._stopped = False

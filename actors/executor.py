@@ -16,6 +16,7 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from protocols import admission, commitments, messages, obfuscation, sealing
 from protocols.canonical import pack
@@ -39,13 +40,14 @@ BEHAVIOURS = {
 class NodeExecutor:
     def __init__(self, node_id: str, engine_spec: dict, behaviour: str = "honest",
                  aggregator_name: str | None = None, namespace: str | None = None,
-                 key_seed: bytes | None = None, attestation: dict | None = None):
+                 key_seed: bytes | None = None, attestation: dict | None = None, registry_name: str | None = None):
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r}; choose from {sorted(BEHAVIOURS)}")
         self.node_id = node_id
         self.engine_spec = dict(engine_spec)
         self.behaviour = behaviour
-        self.aggregator_name = aggregator_name
+        # one name per aggregator shard; pushes go to the shard that sent the work (`reply_to`)
+        self.aggregator_names = [aggregator_name] if isinstance(aggregator_name, str) else list(aggregator_name or [])
         self.namespace = namespace
         self.key = SigningKey(key_seed or os.urandom(32))
         self.engine = None
@@ -63,9 +65,20 @@ class NodeExecutor:
         self._seen = messages.ReplayGuard()
         self._executed = 0
         self._calls: collections.Counter = collections.Counter()  # request id -> protocol calls received
-        self._agg_handle = None
+        self._agg_handles: dict[int, Any] = {}
+        self._reply_of: dict[str, int] = {}  # request id -> the shard that holds its round
         self.delay_s = 0.0  # experiments only (set_delay)
         self._prompt_tokens: dict[str, int] = {}  # request id -> prompt length in tokens (usage)
+        self._rejoin(registry_name)
+
+    def _rejoin(self, registry_name: str | None) -> None:
+        """Restarted by Ray: the keys the registry holds for this node died with the old
+        process. Ask to rejoin; the registry challenges this actor for the new keys and
+        keeps it out of every draw until they are proven (see ModelRegistry.rejoin)."""
+        import ray
+
+        if registry_name and ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed:
+            ray.get_actor(registry_name, namespace=self.namespace).rejoin.remote(self.node_id)
 
     # --- lifecycle
     async def ready(self) -> dict:
@@ -280,23 +293,26 @@ class NodeExecutor:
         return {"envelope": env.raw, "output": output, "method": method, "engine_seconds": seconds}
 
     async def execute(self, request_raw: bytes, prompt: str, role: str, claimed: list[int] | None = None,
-                      signer: bytes | None = None, stream: bool = False) -> dict:
+                      signer: bytes | None = None, stream: bool = False, reply_to: int = 0) -> dict:
         """Run (or, given `claimed` tokens of another node, verify) one request.
 
         Verification tries one prefill pass; if the claim is rejected or a near-tie
         makes prefill unsure, the node regenerates and commits to its own output.
         `signer`: the public key the draw named (keys rotate between epochs).
         `stream`: push signed chunks of tokens to the aggregator as they are made
-        (never for a sealed request: its output is for the client alone)."""
+        (never for a sealed request: its output is for the client alone).
+        `reply_to`: the aggregator shard holding the round (chunks go there)."""
         key = self._signer(signer)
         try:
             req, prompt = self._check_request(request_raw, prompt)
             self._count(req.request_id)
+            self._replies(req.request_id, reply_to)
         except SealedPromptRejected as exc:  # a signed refusal, so nobody takes it for a timeout
             return {"refusal": _refusal(self.node_id, role, key, exc)}
         streamer = None
         if stream and not req.sealed and claimed is None and self.behaviour in ("honest", "substitute", "requantize"):
-            streamer = Streamer(req.request_id, self.node_id, role, key, self._detokenize, self._aggregator())
+            streamer = Streamer(req.request_id, self.node_id, role, key, self._detokenize,
+                                self._aggregator(req.request_id))
         out = await self._run(req.body, prompt, claimed, streamer)
         return await self._commit(req.body, self.node_id, role, key, *out)
 
@@ -319,11 +335,12 @@ class NodeExecutor:
 
     # --- obfuscated mode: act under a one-time key from a sealed ticket
     async def execute_ticket(self, sealed_ticket: bytes, request_raw: bytes, prompt: str,
-                             selector_public: bytes) -> dict:
+                             selector_public: bytes, reply_to: int = 0) -> dict:
         """Open the selector's ticket, run, and push the result (signed with the
         ticket's one-time key) to the aggregator. Nothing here names another member."""
         req = messages.open_envelope(request_raw, "request")
         self._count(req.request_id)
+        self._replies(req.request_id, reply_to)
         ticket = self._open_sealed(
             lambda kem: obfuscation.open_ticket(sealed_ticket, req.request_id, kem, selector_public))
         signer = ticket.key
@@ -331,19 +348,21 @@ class NodeExecutor:
         try:
             req, prompt = self._check_request(request_raw, prompt)
         except SealedPromptRejected as exc:
-            await self._aggregator().obf_refusal.remote(_refusal(pid, ticket.role, signer, exc))
+            await self._aggregator(req.request_id).obf_refusal.remote(_refusal(pid, ticket.role, signer, exc))
             return {"pseudonym": pid}
         body = req.body
         self._inbox.append((body["request_id"], sealed_ticket, ""))
         out = await self._run(body, prompt, None)
         res = await self._commit(body, pid, ticket.role, signer, *out)
-        await self._aggregator().obf_result.remote(res)
+        await self._aggregator(body["request_id"]).obf_result.remote(res)
         return {"pseudonym": pid}
 
-    async def reveal_ticket(self, request_id: str, pseudonym: str) -> None:
+    async def reveal_ticket(self, request_id: str, pseudonym: str, reply_to: int | None = None) -> None:
         self._count(request_id)
+        if reply_to is not None:
+            self._replies(request_id, reply_to)
         raw = await self.reveal(request_id, pseudonym)
-        await self._aggregator().obf_reveal.remote(raw)
+        await self._aggregator(request_id).obf_reveal.remote(raw)
 
     def _count(self, request_id: str) -> None:
         self._calls[request_id] += 1
@@ -363,16 +382,23 @@ class NodeExecutor:
         detok = getattr(self.engine, "detokenize", None)
         return detok(token_ids) if detok else ""
 
-    def _aggregator(self):
-        """The aggregator's handle, looked up once (obfuscated pushes and the public board use it)."""
-        if self._agg_handle is None:
+    def _replies(self, request_id: str, shard: int) -> None:
+        self._reply_of[request_id] = int(shard)
+        if len(self._reply_of) > 4096:  # bounded: the oldest requests go first
+            del self._reply_of[next(iter(self._reply_of))]
+
+    def _aggregator(self, request_id: str):
+        """The handle of the shard holding a request's round, looked up once per shard
+        (obfuscated pushes, stream chunks and the public board use it)."""
+        k = self._reply_of.get(request_id, 0)
+        if k not in self._agg_handles:
             import ray
 
-            self._agg_handle = ray.get_actor(self.aggregator_name, namespace=self.namespace)
-        return self._agg_handle
+            self._agg_handles[k] = ray.get_actor(self.aggregator_names[k], namespace=self.namespace)
+        return self._agg_handles[k]
 
     async def _board(self, request_id: str) -> dict:
-        return await self._aggregator().public_view.remote(request_id)
+        return await self._aggregator(request_id).public_view.remote(request_id)
 
     async def _copy_commit(self, request_id: str, member_id: str, wait_s: float = 2.0) -> bytes | None:
         """Wait for someone else's commit hash on the public board and reuse it."""

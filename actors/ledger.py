@@ -35,7 +35,7 @@ from protocols import settlement as settle_rules
 from protocols.canonical import digest, pack
 from protocols.errors import ConfigError, LedgerError, VerinferError
 from protocols.ledger import (
-    GENESIS, BalanceMismatch, Economics, Entry, KeyConflict, Posting,
+    GENESIS, BalanceMismatch, Economics, Entry, InvalidPosting, KeyConflict, Posting,
     Settlement, SettlementConflict, apply_postings, check_conservation, deposit_postings,
     escrow_postings, make_entry, replay, settlement_postings, verify_chain, withdraw_postings,
 )
@@ -97,6 +97,13 @@ class SettleJob:
     # and checked against this mapping commitment (pseudonym -> entry)
     commitment: Mapping[str, bytes] | None = None
 
+    def __post_init__(self) -> None:  # a malformed job must fail alone, not roll back its batch
+        if not isinstance(self.settlement, Settlement) or not isinstance(self.econ, Economics):
+            raise InvalidPosting("a settle job is a Settlement and the Economics to apply it with")
+        if self.commitment is not None and not (isinstance(self.commitment, Mapping) and all(
+                isinstance(k, str) and isinstance(v, bytes) for k, v in self.commitment.items())):
+            raise InvalidPosting("a mapping commitment maps pseudonyms to bytes")
+
 
 @dataclass(frozen=True)
 class BindJob:
@@ -105,12 +112,32 @@ class BindJob:
     request_id: str
     members: Mapping[str, settle_rules.Binding]
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.request_id, str) or not self.request_id or not isinstance(self.members, Mapping) \
+                or not all(isinstance(k, str) and isinstance(v, settle_rules.Binding) for k, v in self.members.items()):
+            raise InvalidPosting("a binding job maps pseudonyms of one request to Bindings")
+
+
+@dataclass(frozen=True)
+class EscrowJob:
+    """A client's escrow for one request: refused once the request is settled (a
+    recovering aggregator refunds rounds it lost; an escrow still in flight from
+    before the crash must not land after that refund and stay locked)."""
+
+    request_id: str
+    postings: tuple
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.request_id, str) or not self.postings \
+                or not all(isinstance(p, Posting) for p in self.postings):
+            raise InvalidPosting("an escrow job is a request id and its postings")
+
 
 class MemberConflict(LedgerError):
     """A pseudonym was already bound to another node."""
 
 
-Group = Sequence[Posting] | SettleJob | BindJob
+Group = Sequence[Posting] | SettleJob | BindJob | EscrowJob
 
 
 class LedgerStore:
@@ -229,6 +256,11 @@ class LedgerStore:
             return self._apply_settlement(group, at, undo)
         if isinstance(group, BindJob):
             return self._apply_binding(group)
+        if isinstance(group, EscrowJob):
+            if self.settled(group.request_id) and not self._known(group.postings):
+                return GroupResult(keys=tuple(p.key for p in group.postings), error=SettlementConflict(
+                    f"request {group.request_id!r} is already settled: no escrow for it any more"))
+            group = group.postings
         postings = list(group)
         try:
             return self._apply_postings(postings, at, undo)
@@ -275,6 +307,20 @@ class LedgerStore:
             duplicate=tuple(k not in seq_of for k in keys),
             balances=new_bal,
         )
+
+    def settled(self, request_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM settlements WHERE request_id = ?", (request_id,)).fetchone() is not None
+
+    def settlement(self, request_id: str) -> dict | None:
+        """What a request's settlement returned (keys, seqs, balances), or None."""
+        row = self._db.execute("SELECT result FROM settlements WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else msgpack.unpackb(bytes(row[0]), raw=False)
+
+    def _known(self, postings) -> bool:
+        keys = [p.key for p in postings]
+        got = self._db.execute(f"SELECT COUNT(*) FROM entries WHERE key IN ({','.join('?' * len(keys))})",
+                               keys).fetchone()[0]
+        return got == len(keys)
 
     def bindings(self, request_id: str) -> dict[str, settle_rules.Binding]:
         rows = self._db.execute("SELECT member, node_id, salt, pubkey, digest FROM members WHERE request_id = ?",
@@ -376,7 +422,10 @@ class SlashingLedger:
     # --- money ----------------------------------------------------------------
     async def submit(self, postings: Sequence[Posting], at: float | None = None) -> GroupResult:
         """Apply one atomic group; returns once durable, error carried in the result."""
-        return await self._enqueue(list(postings), at)
+        postings = list(postings)
+        if not postings or not all(isinstance(p, Posting) for p in postings):  # fails alone, before the batch
+            raise InvalidPosting("a group is a non-empty list of Postings")
+        return await self._enqueue(postings, at)
 
     async def deposit(self, account: str, amount: int, key: str) -> GroupResult:
         return (await self._enqueue(deposit_postings(account, amount, key), None)).raise_for_error()
@@ -385,7 +434,9 @@ class SlashingLedger:
         return (await self._enqueue(withdraw_postings(account, amount, key), None)).raise_for_error()
 
     async def escrow(self, request_id: str, client_id: str, amount: int) -> GroupResult:
-        return (await self._enqueue(escrow_postings(request_id, client_id, amount), None)).raise_for_error()
+        """Lock a client's payment for a request (once; refused after the request settled)."""
+        job = EscrowJob(request_id, tuple(escrow_postings(request_id, client_id, amount)))
+        return (await self._enqueue(job, None)).raise_for_error()
 
     async def settle(self, settlement: Settlement, econ: Economics | None = None) -> GroupResult:
         """Pay, refund and slash for one request, once; a repeat returns the original
@@ -429,6 +480,9 @@ class SlashingLedger:
 
     async def recent(self, reason_prefix: str = "slash", limit: int = 20) -> list[Entry]:
         return await self._read(self._store.recent, reason_prefix, limit)
+
+    async def settlement(self, request_id: str) -> dict | None:
+        return await self._read(self._store.settlement, request_id)
 
     async def head(self) -> tuple[int, bytes]:
         return await self._read(self._store.head)

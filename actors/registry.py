@@ -4,6 +4,17 @@ Holds model records (id, weights content hash, engine, limits) and node records
 (keys, determinism class, stake, liveness, executor handle). Admission checks
 that a node's determinism fingerprint names the registered model hash, so a
 node loaded with other weights is refused before it is ever selected.
+
+Durable (actors.store): every model, node record (keys, stake, liveness,
+attestation), open challenge, spent attestation nonce, revocation and the
+view version is written before the call that changed it returns, and reloaded
+when Ray restarts the actor; executor and subscriber handles are kept by actor
+name and looked up again. Weights keys are in a sealed table.
+
+A restarted executor has lost its keys: it asks to `rejoin`, and stays out of
+every draw until the registry has challenged the handle registered for it
+(never the caller) and the answer proves the fresh keys: attestation evidence
+binding them where the network attests, a signed liveness answer otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from actors.store import open_store
 from protocols.determinism import class_id
 from protocols.errors import DuplicateNode, ModelHashMismatch, NodeError, UnknownModel, UnknownNode
 from protocols.selection import NodeView
@@ -41,6 +53,7 @@ class NodeRecord:
     live: bool = True
     attested: bool = False
     handle: Any = field(default=None, repr=False)
+    handle_name: str = ""  # the executor's actor name: its handle is found again after a restart
     kem_pub: bytes = b""  # HPKE public key: tickets and sealed prompts are sealed to it
     attestation: dict = field(default_factory=dict)  # last verified evidence: digest, simulated, tcb, ...
     attested_until: float = 0.0
@@ -56,7 +69,7 @@ MAX_OPEN_CHALLENGES = 8
 
 class ModelRegistry:
     def __init__(self, policy: Any = None, trust_anchors: tuple = (), epoch_s: float = 3600.0,
-                 min_stake: int = 0) -> None:
+                 min_stake: int = 0, store: dict | None = None) -> None:
         self.min_stake = int(min_stake)
         self._liveness: dict[str, bytes] = {}  # node -> open liveness challenge
         self.models: dict[str, ModelRecord] = {}
@@ -69,12 +82,68 @@ class ModelRegistry:
         self._seen_nonces: set[bytes] = set()
         self.version = 0  # bumps on every change; subscribers get each new view pushed
         self._subscribers: list = []
+        self._subscriber_names: list[str] = []
+        self.rejoining: set[str] = set()
+        self.store = open_store(store, sealed=("weights_keys",))
+        if self.store is not None:
+            self._load()
 
-    async def subscribe(self, actor: Any) -> None:
+    # --- durable state
+    def _load(self) -> None:
+        import dataclasses
+
+        st = self.store
+        self.models = {k: ModelRecord(**v) for k, v in st.items("models")}
+        self._weight_keys = {k: bytes(v) for k, v in st.items("weights_keys")}
+        for k, v in st.items("nodes"):
+            v["fingerprint"] = dict(v["fingerprint"])
+            self.nodes[k] = NodeRecord(**v)
+            self.nodes[k].handle = _actor(v["handle_name"])
+        self._nonces = {k: [bytes(x) for x in v] for k, v in st.items("challenges")}
+        self._liveness = {k: bytes(v) for k, v in st.items("liveness")}
+        self._seen_nonces = {bytes.fromhex(k) for k, _ in st.items("seen_nonces")}
+        meta = dict(st.items("meta"))
+        if self.policy is not None and "revoked" in meta:
+            self.policy = dataclasses.replace(self.policy, revoked_tcb_versions=tuple(meta["revoked"][0]),
+                                              revoked_devices=tuple(meta["revoked"][1]))
+        # views pushed after a restart must read as newer than any a subscriber holds
+        self.version = int(meta.get("version", 0)) + 1
+        self._subscriber_names = list(meta.get("subscribers", []))
+        self._subscribers = [h for h in (_actor(n) for n in self._subscriber_names) if h is not None]
+        self._save(meta=True)
+        for sub in self._subscribers:  # whatever they hold may be older than what was saved
+            sub.on_registry.remote(*self.views(None))
+
+    def _save(self, node_ids=(), models=(), meta: bool = False, extra: list = ()) -> None:
+        if self.store is None:
+            return
+        rows = [("nodes", n, _record_row(self.nodes[n])) for n in node_ids if n in self.nodes]
+        rows += [("models", m, asdict(self.models[m])) for m in models]
+        rows += [("weights_keys", m, self._weight_keys[m]) for m in models if m in self._weight_keys]
+        rows += [("challenges", n, self._nonces.get(n, [])) for n in node_ids]
+        rows += [("liveness", n, self._liveness[n]) for n in node_ids if n in self._liveness]
+        rows += list(extra)
+        rows.append(("meta", "version", self.version))
+        if meta:
+            rows.append(("meta", "subscribers", self._subscriber_names))
+            if self.policy is not None:
+                rows.append(("meta", "revoked", [list(self.policy.revoked_tcb_versions),
+                                                 list(self.policy.revoked_devices)]))
+        gone = [("nodes", n) for n in node_ids if n not in self.nodes]
+        gone += [("liveness", n) for n in node_ids if n not in self._liveness]
+        self.store.put_many(rows, gone)
+
+    async def subscribe(self, actor: Any, name: str = "") -> None:
         """`actor.on_registry(version, views, keys, attestations)` gets the full view now, and
-        `actor.on_registry_delta(delta)` every change after (see `_changed`)."""
-        self._subscribers.append(actor)
+        `actor.on_registry_delta(delta)` every change after (see `_changed`). `name`: the
+        subscriber's actor name, so it is found again after a restart."""
+        if name and name in self._subscriber_names:  # a retried call, or a repaired subscriber
+            self._subscribers[self._subscriber_names.index(name)] = actor
+        else:
+            self._subscribers.append(actor)
+            self._subscriber_names.append(name)
         self.version += 1
+        self._save(meta=True)
         await actor.on_registry.remote(*self.views(None))
 
     async def _changed(self, node_ids=()) -> None:
@@ -82,6 +151,7 @@ class ModelRegistry:
         subscriber. The registry never blocks on it (other calls run meanwhile); the call
         that made the change returns once subscribers applied it, so a draw after it sees it."""
         base, self.version = self.version, self.version + 1
+        self._save(node_ids)
         if not self._subscribers:
             return
         delta = self._delta(base, node_ids)
@@ -112,6 +182,7 @@ class ModelRegistry:
                                             timeout_per_token_s)
         if weights_key is not None:
             self._weight_keys[model_id] = bytes(weights_key)
+        self._save(models=[model_id])
         await self._changed()
         return asdict(self.models[model_id])
 
@@ -121,6 +192,7 @@ class ModelRegistry:
         if not isinstance(template, str) or len(template) > 65536:
             raise ValueError("a chat template is a string of at most 64 KiB")
         self.models[model_id].chat_template = template
+        self._save(models=[model_id])
 
     def model(self, model_id: str) -> dict:
         if model_id not in self.models:
@@ -132,8 +204,11 @@ class ModelRegistry:
 
     # --- nodes
     async def admit(self, node_id: str, pubkey: bytes, model_id: str, fingerprint: dict, stake: int,
-              handle: Any = None, attested: bool = False, kem_pub: bytes = b"") -> dict:
-        if node_id in self.nodes:
+              handle: Any = None, attested: bool = False, kem_pub: bytes = b"", handle_name: str = "") -> dict:
+        old = self.nodes.get(node_id)
+        if old is not None:  # the same admission again (a retry across a restart) is not a second node
+            if old.pubkey == bytes(pubkey) and old.model_id == model_id and old.fingerprint == dict(fingerprint):
+                return self.describe(node_id)
             raise DuplicateNode(f"node {node_id!r} is already registered")
         model = self.models.get(model_id)
         if model is None:
@@ -146,7 +221,7 @@ class ModelRegistry:
         if any(n.pubkey == pubkey for n in self.nodes.values()):
             raise DuplicateNode("another node already uses this public key")
         rec = NodeRecord(node_id, bytes(pubkey), model_id, class_id(fingerprint), dict(fingerprint), int(stake),
-                         True, attested, handle, bytes(kem_pub))
+                         True, attested, handle, handle_name, bytes(kem_pub))
         self.nodes[node_id] = rec
         await self._changed([node_id])
         return self.describe(node_id)
@@ -166,6 +241,7 @@ class ModelRegistry:
         rec = self._node(node_id)
         d = asdict(rec)
         d.pop("handle")
+        d["rejoining"] = node_id in self.rejoining
         d["attestation"] = {k: v for k, v in rec.attestation.items() if k != "evidence"}
         return d
 
@@ -185,6 +261,7 @@ class ModelRegistry:
         open_ = self._nonces.setdefault(node_id, [])
         open_.append(nonce)
         del open_[:-MAX_OPEN_CHALLENGES]
+        self._save([node_id])
         return nonce
 
     async def attest(self, node_id: str, evidence: bytes) -> dict:
@@ -224,6 +301,7 @@ class ModelRegistry:
             return {"ok": False, "reason": res.reason, "detail": res.detail, "digest": res.digest,
                     "simulated": res.simulated, "tcb_version": res.tcb_version, "device_id": res.device_id,
                     "at": now, "changed": False}
+        self._save([rec.node_id], extra=[("seen_nonces", bytes(nonce).hex(), 1)])
         if res.ok:
             rec.pubkey, rec.kem_pub = pubkey, kem_pub
             rec.epoch += 1
@@ -261,6 +339,7 @@ class ModelRegistry:
                                  or a.get("device_id") in self.policy.revoked_devices):
                 rec.attested, rec.attested_until = False, 0.0
                 hit.append(rec.node_id)
+        self._save(meta=True)
         await self._changed(hit)
         return hit
 
@@ -306,6 +385,7 @@ class ModelRegistry:
     def liveness_challenge(self, node_id: str) -> bytes:
         self._node(node_id)
         self._liveness[node_id] = os.urandom(32)
+        self._save([node_id])
         return self._liveness[node_id]
 
     async def answer_liveness(self, node_id: str, signature: bytes) -> bool:
@@ -322,8 +402,82 @@ class ModelRegistry:
         except MessageError:
             return False
         del self._liveness[node_id]  # each challenge opens once
+        self._save([node_id])
+        if node_id in self.rejoining:  # fresh keys are proven by `rejoin`, not here
+            return False
         if rec.live or not liveness.may_return(rec.stake, self.min_stake):
             return rec.live
         rec.live = True
         await self._changed([node_id])
         return True
+
+    # --- a restarted executor: fresh keys, proven before it is drawn again
+    async def rejoin(self, node_id: str) -> dict:
+        """A restarted executor lost its keys. Take it out of every draw, ask the handle
+        registered for it (not the caller) for its new keys, and let it back only once
+        they are proven: attestation evidence binding them (attested networks; the
+        model's weights key is released again), else a liveness answer under them."""
+        from protocols import liveness
+        from protocols.errors import MessageError
+
+        rec = self._node(node_id)
+        if node_id in self.rejoining:
+            return {"node_id": node_id, "rejoined": False, "reason": "already rejoining"}
+        self.rejoining.add(node_id)
+        try:
+            rec.live, rec.attested, rec.attested_until = False, False, 0.0
+            await self._changed([node_id])
+            if rec.handle is None:
+                rec.handle = _actor(rec.handle_name)
+            info = await rec.handle.ready.remote()
+            pub, kem_pub = bytes(info["pubkey"]), bytes(info["kem_pub"])
+            if info["node_id"] != node_id or dict(info["fingerprint"]).get("model_hash") != \
+                    self.models[rec.model_id].model_hash:
+                raise ModelHashMismatch(f"{node_id} came back with other weights")
+            if any(n.pubkey == pub for n in self.nodes.values() if n.node_id != node_id):
+                raise DuplicateNode("another node already uses this public key")
+            if self.policy is not None:
+                res = await self._admit_evidence(rec, await rec.handle.attest.remote(self.challenge(node_id)),
+                                                 pub, kem_pub)
+                if not res["ok"]:
+                    return {"node_id": node_id, "rejoined": False, "reason": res["reason"]}
+                if rec.model_id in self._weight_keys:
+                    await rec.handle.unlock.remote(_self_handle())
+            else:
+                nonce = os.urandom(32)
+                try:
+                    liveness.check(pub, node_id, nonce, await rec.handle.answer_liveness.remote(nonce))
+                except MessageError:
+                    return {"node_id": node_id, "rejoined": False, "reason": "the liveness answer is not "
+                                                                               "signed by the new key"}
+                rec.pubkey, rec.kem_pub = pub, kem_pub
+                rec.epoch += 1
+            rec.live = liveness.may_return(rec.stake, self.min_stake)
+            await self._changed([node_id])
+            return {"node_id": node_id, "rejoined": rec.live, "epoch": rec.epoch}
+        finally:
+            self.rejoining.discard(node_id)
+
+
+def _record_row(rec: NodeRecord) -> dict:
+    d = asdict(rec)
+    d.pop("handle")
+    return d
+
+
+def _actor(name: str):
+    """An actor of this network by name, in this actor's namespace (None: not found)."""
+    if not name:
+        return None
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=ray.get_runtime_context().namespace)
+    except ValueError:
+        return None
+
+
+def _self_handle():
+    import ray
+
+    return ray.get_runtime_context().current_actor

@@ -7,6 +7,11 @@ the selector's VRF public key, while nobody without the secret key can compute
 a draw in advance. The cross-validation coin is the VRF output for label
 "coin": committed at draw time, opened after the executor commits. Obfuscated
 draws stay secret: their records are disclosed only after an embargo (`disclose`).
+
+Durable (actors.store): the VRF and signing keys, every draw record, coin
+seeds, and each obfuscated request's mapping (pseudonym -> node, salt, tickets
+not yet sent) are written before the call returns and reloaded on restart. The
+keys, coins and mappings are in sealed tables: the file alone unblinds nobody.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import time
 
 from actors.background import spawn
+from actors.store import open_store
 from protocols import crossval, obfuscation, selection, vrf
 from protocols.canonical import pack
 from protocols.crypto import SigningKey
@@ -28,9 +34,16 @@ COIN = "coin"  # the VRF label of the cross-validation coin
 
 
 class QuorumSelector:
-    def __init__(self, registry: Any, min_stake: int, vrf_key: bytes | None = None, embargo_s: float = 86400.0):
+    SEALED = ("keys", "coins", "obf")
+
+    def __init__(self, registry: Any, min_stake: int, vrf_key: bytes | None = None, embargo_s: float = 86400.0,
+                 store: dict | None = None):
         self.registry = registry
-        self.vrf = vrf.VrfKey(vrf_key)
+        self.store = open_store(store, sealed=self.SEALED)
+        saved = self.store.get("keys", "vrf") if self.store is not None else None
+        self.vrf = vrf.VrfKey(saved if saved is not None else vrf_key)
+        if self.store is not None and saved is None:
+            self.store.put("keys", "vrf", self.vrf._key.export_key(format="DER"))
         self.min_stake = int(min_stake)
         self.embargo_s = float(embargo_s)  # obfuscated draws are disclosed to auditors only after this
         self.records: dict[str, list[dict]] = {}
@@ -38,6 +51,18 @@ class QuorumSelector:
         self._drawn_at: dict[str, float] = {}
         self._version, self._all_views, self._all_keys = -1, None, {}
         self._attestations: dict = {}
+        if self.store is not None:
+            for rid, row in self.store.items("draws"):
+                self.records[rid], self._drawn_at[rid] = list(row["records"]), float(row["drawn_at"])
+            self.coins = {rid: (bytes(c[0]), bytes(c[1])) for rid, c in self.store.items("coins")}
+
+    def _save_draws(self, request_id: str) -> None:
+        if self.store is None:
+            return
+        rows = [("draws", request_id, {"records": self.records[request_id], "drawn_at": self._drawn_at[request_id]})]
+        if request_id in self.coins:
+            rows.append(("coins", request_id, list(self.coins[request_id])))
+        self.store.put_many(rows)
 
     async def _views(self, model_id: str):
         if self._all_views is None:  # no push yet, or a delta was missed: ask once
@@ -68,8 +93,11 @@ class QuorumSelector:
         if within is not None:
             allowed = set(within)
             exclude = tuple(sorted(set(exclude) | {v.node_id for v in views if v.node_id not in allowed}))
-        if any(r["label"] == label for r in self.records.get(request_id, [])):
-            raise InvalidParams(f"{request_id} was already drawn for {label!r}")
+        for r in self.records.get(request_id, []):
+            if r["label"] == label:
+                if _same_draw(r, model_id, n, exclude, det_class, require_attested):  # a retried call
+                    return self._with_coin(request_id, r)
+                raise InvalidParams(f"{request_id} was already drawn for {label!r}")
         seed, proof = selection.draw_randomness(self.vrf, request_id, label)
         now = time.time()
         if det_class is None:
@@ -93,6 +121,10 @@ class QuorumSelector:
         if coin and request_id not in self.coins:
             beta, pi = self.vrf.output(vrf.draw_alpha(request_id, COIN))
             self.coins[request_id] = (beta, pi)
+        self._save_draws(request_id)
+        return self._with_coin(request_id, record)
+
+    def _with_coin(self, request_id: str, record: dict) -> dict:
         if request_id in self.coins:
             record = dict(record, coin_commit=crossval.coin_commit(self.coins[request_id][0]))
         return record
@@ -156,6 +188,8 @@ class QuorumSelector:
         self.records.pop(request_id, None)
         self.coins.pop(request_id, None)
         self._drawn_at.pop(request_id, None)
+        if self.store is not None:
+            self.store.put_many((), [(t, request_id) for t in ("draws", "coins", "obf")])
 
 
 class ObfuscatingSelector(QuorumSelector):
@@ -168,9 +202,12 @@ class ObfuscatingSelector(QuorumSelector):
     money itself."""
 
     def __init__(self, registry: Any, min_stake: int, key_seed: bytes | None = None, vrf_key: bytes | None = None,
-                 embargo_s: float = 86400.0):
-        super().__init__(registry, min_stake, vrf_key, embargo_s)
-        self.key = SigningKey(key_seed or os.urandom(32))
+                 embargo_s: float = 86400.0, store: dict | None = None):
+        super().__init__(registry, min_stake, vrf_key, embargo_s, store)
+        saved = self.store.get("keys", "signing") if self.store is not None else None
+        self.key = SigningKey(bytes(saved) if saved is not None else key_seed or os.urandom(32))
+        if self.store is not None and saved is None:
+            self.store.put("keys", "signing", self.key.seed)
         self.aggregator = None
         self.ledger = None
         # request id -> {"members": {pid: (node id, salt, pseudonym key, role, attestation | None, replacement)},
@@ -180,6 +217,18 @@ class ObfuscatingSelector(QuorumSelector):
         self._handle_cache: dict = {}
         self.frame: str | None = None  # experiments only: a lying selector names this node when unblinding
         self.misbind = False  # experiments only: ... or binds every pseudonym to it at the ledger
+        if self.store is not None:
+            for rid, row in self.store.items("obf"):
+                self.obf[rid] = {"members": {p: tuple(m) for p, m in row["members"].items()},
+                                 "served": set(row["served"]), "held": [tuple(h) for h in row["held"]],
+                                 "reply_to": row.get("reply_to", 0), "draws": dict(row.get("draws", {}))}
+
+    def _save_obf(self, request_id: str) -> None:
+        if self.store is not None and request_id in self.obf:
+            st = self.obf[request_id]
+            self.store.put("obf", request_id, {"members": {p: list(m) for p, m in st["members"].items()},
+                                               "served": sorted(st["served"]), "held": [list(h) for h in st["held"]],
+                                               "reply_to": st.get("reply_to", 0), "draws": st.get("draws", {})})
 
     def set_behaviour(self, frame: str | None, misbind: bool = False) -> None:
         """Experiments only: `frame` = a node id this selector falsely names for every slashed
@@ -189,7 +238,12 @@ class ObfuscatingSelector(QuorumSelector):
         self.frame, self.misbind = (None, False) if frame is None else (frame, bool(misbind))
 
     def bind(self, aggregator: Any, ledger: Any) -> None:
+        """aggregator: one handle, or one per shard (index = shard)."""
         self.aggregator, self.ledger = aggregator, ledger
+
+    def _reply(self, request_id: str):
+        aggs = self.aggregator if isinstance(self.aggregator, (list, tuple)) else [self.aggregator]
+        return aggs[self.obf.get(request_id, {}).get("reply_to", 0)]
 
     def pubkey(self) -> bytes:
         return self.key.public
@@ -197,17 +251,21 @@ class ObfuscatingSelector(QuorumSelector):
     async def draw_obfuscated(self, request_id: str, model_id: str, n: int, role: str, label: str,
                               request_raw: bytes, prompt: str, det_class: str | None = None,
                               allow_fewer: bool = False, dispatch: bool = True,
-                              require_attested: bool = False, within: tuple[str, ...] | None = None) -> dict:
+                              require_attested: bool = False, within: tuple[str, ...] | None = None,
+                              reply_to: int = 0) -> dict:
         """Draw n fresh nodes, hand each a sealed ticket, return only pseudonyms.
 
         dispatch=False holds the tickets until `dispatch_tickets` (after escrow).
         require_attested draws only attested nodes and commits each one's evidence
-        digest in its mapping entry; the record says only "attested", not by whom."""
-        state = self.obf.setdefault(request_id, {"members": {}, "served": set(), "held": []})
+        digest in its mapping entry; the record says only "attested", not by whom.
+        reply_to: the aggregator shard the members push to."""
+        state = self.obf.setdefault(request_id, {"members": {}, "served": set(), "held": [], "reply_to": reply_to})
+        done = state.setdefault("draws", {}).get(label)
+        if done is not None:  # a retried call: the same pseudonyms, not a second draw
+            return done
         rec = await self.draw(request_id, model_id, n, label, tuple(sorted(state["served"])), det_class,
                               allow_fewer, require_attested, within=within)
         kems = await self.registry.kem_keys.remote(rec["selected"])
-        handles = await self._handles(rec["selected"])
         out = {"det_class": rec["det_class"], "pseudonyms": [], "keys": [], "mapping": {}}
         bindings = {}
         for nid in rec["selected"]:
@@ -219,15 +277,17 @@ class ObfuscatingSelector(QuorumSelector):
             state["members"][pid] = (nid, salt, pub, role, att, label.startswith("replace"))
             state["served"].add(nid)
             sealed = obfuscation.make_ticket(ticket, kems[nid], self.key)
-            state["held"].append((pid, handles[nid], sealed, request_raw, prompt))
+            state["held"].append((pid, nid, sealed, request_raw, prompt))
             out["pseudonyms"].append(pid)
             out["keys"].append(pub)
             out["mapping"][pid] = obfuscation.mapping_entry(pub, nid, salt, att["digest"] if att else "")
             bindings[pid] = Binding(self.frame if self.misbind else nid, salt, pub, att["digest"] if att else "")
         if bindings:  # the ledger pays by these bindings, checked against the mapping: durable first
             await self.ledger.bind_members.remote(request_id, bindings)
+        state["draws"][label] = out
+        self._save_obf(request_id)
         if dispatch:
-            self.dispatch_tickets(request_id)
+            await self.dispatch_tickets(request_id)
         return out
 
     async def _handles(self, node_ids: list[str]) -> dict:
@@ -237,11 +297,17 @@ class ObfuscatingSelector(QuorumSelector):
             self._handle_cache.update(await self.registry.handles.remote(missing))
         return {n: self._handle_cache[n] for n in node_ids}
 
-    def dispatch_tickets(self, request_id: str) -> None:
-        for pid, handle, sealed, request_raw, prompt in self.obf[request_id]["held"]:
-            ref = handle.execute_ticket.remote(sealed, request_raw, prompt, self.key.public)
+    async def dispatch_tickets(self, request_id: str) -> None:
+        state = self.obf.get(request_id)
+        if state is None:
+            raise UnknownRequest(f"no obfuscated draw for {request_id}")
+        held, state["held"] = state["held"], []
+        handles = await self._handles([h[1] for h in held])
+        for pid, nid, sealed, request_raw, prompt in held:
+            ref = handles[nid].execute_ticket.remote(sealed, request_raw, prompt, self.key.public,
+                                                     state.get("reply_to", 0))
             spawn(self._tasks, self._watch(request_id, pid, ref))
-        self.obf[request_id]["held"] = []
+        self._save_obf(request_id)
 
     async def _watch(self, request_id: str, pid: str, ref) -> None:
         try:
@@ -249,13 +315,13 @@ class ObfuscatingSelector(QuorumSelector):
         except asyncio.CancelledError:
             return
         except Exception:  # the node failed: tell the aggregator, still by pseudonym only
-            await self.aggregator.obf_failure.remote(request_id, pid)
+            await self._reply(request_id).obf_failure.remote(request_id, pid)
 
     async def request_reveals(self, request_id: str, pseudonyms: list[str]) -> None:
         members = self._members(request_id)
         handles = await self._handles([members[p][0] for p in pseudonyms])
         for pid in pseudonyms:
-            ref = handles[members[pid][0]].reveal_ticket.remote(request_id, pid)
+            ref = handles[members[pid][0]].reveal_ticket.remote(request_id, pid, self.obf[request_id].get("reply_to", 0))
             spawn(self._tasks, self._watch(request_id, pid, ref))
 
     def _members(self, request_id: str) -> dict:
@@ -290,6 +356,11 @@ class ObfuscatingSelector(QuorumSelector):
     def forget(self, request_id: str) -> None:
         super().forget(request_id)
         self.obf.pop(request_id, None)
+
+
+def _same_draw(r: dict, model_id, n, exclude, det_class, require_attested) -> bool:
+    return (r["asked"] == n and r["require_attested"] == require_attested
+            and (det_class is None or r["det_class"] == det_class) and set(exclude) <= set(r["exclude"]))
 
 
 def _kind(attestation: dict | None) -> str:

@@ -57,7 +57,7 @@ class Direct:
         stream = live.stream and claimed is None and act.role == QUORUM
         for nid in act.node_ids:
             ref = (await self.agg.handle(nid)).execute.remote(live.request.raw, live.prompt, act.role, claimed,
-                                                              live.round.members[nid].key, stream)
+                                                              live.round.members[nid].key, stream, self.agg.shard)
             live.calls[nid] = ref
             spawn(self.agg._tasks, self._await_result(live, nid, ref))
 
@@ -121,7 +121,8 @@ class Obfuscated(Direct):
         # the selector excludes nodes that already served this request itself (it alone knows them)
         d = await self.agg.selector.draw_obfuscated.remote(
             live.round.request_id, live.model_id, count, role, label, live.request.raw, live.prompt,
-            live.det_class or None, allow_fewer, not hold, attested or live.require_tee, live.recipients)
+            live.det_class or None, allow_fewer, not hold, attested or live.require_tee, live.recipients,
+            self.agg.shard)
         live.mapping.update(d["mapping"])
         live.msgs["dispatch"] += len(d["pseudonyms"])
         return {"det_class": d["det_class"], "selected": d["pseudonyms"], "keys": d["keys"]}

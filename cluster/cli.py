@@ -15,6 +15,7 @@ import sys
 from protocols.modes import MODES
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_NOT_HEALTHY = 4  # `verinfer status`: some actor is missing, dead or not answering
 
 
 def _err(msg: str, code: int) -> int:
@@ -42,32 +43,68 @@ def cmd_demo(args) -> int:
 
 def cmd_up(args) -> int:
     from . import config as cfgmod
-    from .network import deploy
+    from .network import all_roles, deploy, status
 
     cfg = cfgmod.load(args.config)
     _init_ray(args.address, cfg.network.namespace)
-    import ray
-
-    try:
-        ray.get_actor(f"{cfg.network.name}/aggregator", namespace=cfg.network.namespace)
+    st = status(cfg, cfg.network.namespace)
+    present = [r for r, v in st["actors"].items() if v != "missing"]
+    if st["healthy"]:
         print(f"network {cfg.network.name!r} is already up")
         return EXIT_OK
-    except ValueError:
-        pass
-    net = deploy(cfg, detached=True, log=print)
-    print(f"network {cfg.network.name!r} is up: {len(net.executors)} nodes, models {sorted(net.model_hashes)}")
+    if present:  # half there: keep what answers, recreate the rest from the durable state
+        print(f"network {cfg.network.name!r} is partly up; repairing "
+              + ", ".join(f"{r} ({v})" for r, v in st["actors"].items() if v != "ok"))
+        from .network import _find
+        import ray
+
+        for role in all_roles(cfg):  # an actor that does not answer is replaced, not waited for
+            if st["actors"].get(role, "ok") not in ("ok", "missing"):
+                h = _find(cfg, role, cfg.network.namespace)
+                if h is not None:
+                    ray.kill(h, no_restart=True)
+    net = deploy(cfg, detached=True, log=print, repair=bool(present))
+    print(f"network {cfg.network.name!r} is up: {len(net.executors)} nodes, {len(net.aggregator)} aggregator "
+          f"shards, models {sorted(net.model_hashes)}")
     return EXIT_OK
 
 
 def cmd_down(args) -> int:
     from . import config as cfgmod
-    from .network import connect, teardown
+    from .network import teardown
 
     cfg = cfgmod.load(args.config)
     _init_ray(args.address, cfg.network.namespace)
-    teardown(connect(cfg))
-    print(f"network {cfg.network.name!r} removed")
+    removed = teardown(cfg=cfg, namespace=cfg.network.namespace)
+    if not removed:
+        return _err(f"no verinfer network {cfg.network.name!r} on this Ray cluster: nothing to remove",
+                    EXIT_UNREACHABLE)
+    print(f"network {cfg.network.name!r} removed ({len(removed)} actors)")
     return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    import json
+
+    from . import config as cfgmod
+    from .network import status
+
+    cfg = cfgmod.load(args.config)
+    _init_ray(args.address, cfg.network.namespace)
+    st = status(cfg, cfg.network.namespace)
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+        return EXIT_OK if st["healthy"] else EXIT_NOT_HEALTHY
+    print(f"network {st['network']!r}: " + ("healthy" if st["healthy"] else "NOT healthy"))
+    for role, v in st["actors"].items():
+        print(f"  {role:<24} {v}")
+    n = st["nodes"]
+    print(f"  nodes: {n['live']} live, {n['dead']} dead, {n['attested']} attested, {n['rejoining']} rejoining "
+          f"(of {n['total']})")
+    print(f"  open rounds: {st['open_rounds']}; escrow held: {st['escrow_held']}")
+    if not st["healthy"]:
+        print("  run `verinfer up` to repair it")
+    return EXIT_OK if st["healthy"] else EXIT_NOT_HEALTHY
 
 
 def cmd_submit(args) -> int:
@@ -201,10 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="keep the network and gateway up until Ctrl-C")
     d.set_defaults(fn=cmd_demo)
 
-    u = sub.add_parser("up", help="deploy the network as detached actors on an existing Ray cluster")
+    u = sub.add_parser("up", help="deploy the network as detached actors on an existing Ray cluster "
+                                  "(or repair one that is partly there, keeping its state)")
     net_args(u)
     u.set_defaults(fn=cmd_up)
-    dn = sub.add_parser("down", help="remove a deployed network")
+    st = sub.add_parser("status", help="every actor's health, nodes live/dead/attested, open rounds, escrow held "
+                                       f"(exit {EXIT_NOT_HEALTHY} when not healthy)")
+    net_args(st)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=cmd_status)
+    dn = sub.add_parser("down", help="remove whatever is left of a deployed network")
     net_args(dn)
     dn.set_defaults(fn=cmd_down)
 

@@ -96,7 +96,7 @@ class Client(ClientCore):
         rid = req.request_id
         if req.body["sealed"] and isinstance(prompt, str):
             prompt = self.seal_for_attested(prompt, rid, req.body["model_id"])
-        sub = ray.get(self.aggregator.submit.remote(request_raw, prompt))
+        sub = self.aggregator.submit_sync(request_raw, prompt)
         self.submitted(rid)
         return RequestHandle(self, rid, sub, t0)
 
@@ -113,7 +113,7 @@ class Client(ClientCore):
         model = kw.get("model") or self.config.default_model
         to = self.attested_recipients(model) if sealed else None
         wire = [self.seal_to(p, rid, to) if sealed else p for (_, rid), p in zip(built, prompts)]
-        subs = ray.get([self.aggregator.submit.remote(raw, w) for (raw, _), w in zip(built, wire)])
+        subs = self.aggregator.submit_many([(raw, w) for (raw, _), w in zip(built, wire)])
         for _, rid in built:
             self.submitted(rid)
         return [RequestHandle(self, rid, sub, t0) for (_, rid), sub in zip(built, subs)]
@@ -147,15 +147,22 @@ class AsyncRequestHandle:
 
     async def stream(self):
         """Chunks {"node_id", "token_ids", "text"} of the streamed member's tokens as they come
-        (provisional), then the verified Result (a submit with stream=True)."""
+        (provisional), then the verified Result (a submit with stream=True). If the shard
+        dies mid-stream, the rest of the stream is its final answer, fetched by request id
+        from the restarted shard."""
         gen = self.client.aggregator.stream.options(num_returns="streaming").remote(self.request_id)
-        async for ref in gen:
-            item = await ref
-            if item["type"] == "chunk":
-                yield item
-            else:
-                self._result = self.client.complete(item, self.request_id, self._t0, self._first)
-                yield self._result
+        try:
+            async for ref in gen:
+                item = await ref
+                if item["type"] == "chunk":
+                    yield item
+                else:
+                    self._result = self.client.complete(item, self.request_id, self._t0, self._first)
+                    yield self._result
+                    return
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            pass
+        yield await self.result()
 
 
 class AsyncClient(ClientCore):
@@ -186,7 +193,7 @@ class AsyncClient(ClientCore):
         if req.body["sealed"] and isinstance(prompt, str):
             model = req.body["model_id"]
             prompt = self.seal_to(prompt, rid, await self.attested_recipients(model), model)
-        sub = await self.aggregator.submit.remote(request_raw, prompt, stream)
+        sub = await self.aggregator.submit_async(request_raw, prompt, stream)
         self.submitted(rid)
         return AsyncRequestHandle(self, rid, sub, t0)
 

@@ -40,8 +40,12 @@ class NetworkSection:
     draw_embargo_s: float = 86400.0  # obfuscated draws are disclosed to auditors only this long after
     default_mode: str = "sampling"
     default_n: int = 3
+    aggregator_shards: int = 2  # requests go to shard H(request id) mod K; a dead shard stops no other
 
     def __post_init__(self) -> None:
+        if not isinstance(self.aggregator_shards, int) or isinstance(self.aggregator_shards, bool) \
+                or not 1 <= self.aggregator_shards <= 64:
+            raise ConfigError("network.aggregator_shards must be an integer from 1 to 64")
         if not self.name or "/" in self.name:
             raise ConfigError("network.name must be non-empty and contain no '/'")
         if not isinstance(self.draw_embargo_s, (int, float)) or isinstance(self.draw_embargo_s, bool) \
@@ -183,6 +187,10 @@ class NetworkConfig:
 
     def ledger_file(self) -> str:
         return os.path.expanduser(self.network.ledger_path)
+
+    def state_dir(self) -> str:
+        """Where the control plane's durable state lives (next to the ledger)."""
+        return os.path.join(os.path.dirname(os.path.abspath(self.ledger_file())), "state", self.network.name)
 
 
 def _section(cls, data: Any, where: str):

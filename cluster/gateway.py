@@ -21,7 +21,6 @@ before it answers. Replicas hold nothing but caches, so Serve may run several.
 
 import asyncio
 import base64
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -120,12 +119,11 @@ def _build_app():
             if len(raw_body) > oa.MAX_BODY_BYTES:
                 raise oa.APIError(413, "request body too large")
             key = self._key(request)
-            try:
-                body = json.loads(raw_body or b"{}")
-            except ValueError:
-                raise oa.APIError(400, "request body is not valid JSON") from None
+            body = oa.read_body(raw_body)
             cfg = self.net.config
             model_id = (body.get("model") if isinstance(body, dict) else None) or cfg.default_model
+            if not isinstance(model_id, str):
+                raise oa.APIError(400, "model must be a string", param="model")
             if model_id not in self.net.model_hashes:
                 raise oa.APIError(404, f"model {model_id!r} is not served here", code="model_not_found",
                                   param="model")
@@ -198,7 +196,7 @@ def _build_app():
             import msgpack
 
             t0 = time.time()
-            await self.net.aggregator.submit.remote(raw, prompt, False)
+            await self.net.aggregator.submit_async(raw, prompt, False)
             fin = await self.net.aggregator.final.remote(rid)
             out = fin["output"]
             if out is not None and "sealed" in out:

@@ -9,6 +9,7 @@ config's namespace, so `connect` finds a network that `verinfer up` left running
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -26,8 +27,9 @@ from protocols.errors import ConfigError, VerinferError
 
 from . import placement
 from .config import NetworkConfig, ModelSection
+from .shards import Aggregators
 
-ROLES = ("ledger", "registry", "selector", "aggregator")
+ROLES = ("ledger", "registry", "selector")  # plus aggregator/<k> for each shard
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Network:
     registry: Any
     selector: Any
     ledger: Any
-    aggregator: Any
+    aggregator: Any  # cluster.shards.Aggregators: every shard, used like one handle
     executors: dict[str, Any] = field(default_factory=dict)
     epochs: Any = None  # EpochKeeper, when the network attests its nodes
     placement_groups: list = field(default_factory=list)
@@ -77,46 +79,117 @@ def encrypt_weights(model: ModelSection, path: str) -> bytes:
     return seal(model.id, dict(model.options), path, model_hash(model))
 
 
+RESTARTABLE = {"max_restarts": -1, "max_task_retries": -1}  # control plane: at-least-once calls, idempotent
+EXECUTOR_RESTARTS = {"max_restarts": -1, "max_task_retries": 0}  # a call a node died in counts as no answer
+
+
+def state_paths(cfg: NetworkConfig, ledger_path: str) -> dict[str, str]:
+    """Each control-plane actor's store, and the secret that seals them (a 0600 file
+    outside the state directory: the store files alone disclose nothing)."""
+    base = os.path.dirname(os.path.abspath(ledger_path))
+    state = os.path.join(base, "state", cfg.network.name)
+    paths = {"registry": os.path.join(state, "registry.sqlite"), "selector": os.path.join(state, "selector.sqlite"),
+             "secret": os.path.join(base, "secrets", f"{cfg.network.name}.key")}
+    for k in range(cfg.network.aggregator_shards):
+        paths[f"aggregator/{k}"] = os.path.join(state, f"aggregator-{k}.sqlite")
+    return paths
+
+
+def _secret(path: str) -> bytes:
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            got = f.read()
+        if len(got) == 32:
+            return got
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    secret = os.urandom(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+        f.flush()
+        os.fsync(f.fileno())
+    return secret
+
+
+def _find(cfg: NetworkConfig, role: str, namespace: str | None):
+    try:
+        return ray.get_actor(actor_name(cfg, role), namespace=namespace) if namespace else \
+            ray.get_actor(actor_name(cfg, role))
+    except ValueError:
+        return None
+
+
+def _policy(cfg: NetworkConfig, secret: bytes):
+    att = cfg.attestation
+    if not att.enabled:
+        return None, (), {}
+    from actors.attestation import code_hash
+    from protocols.attestation import Policy, SimulatedRoot
+
+    policy = Policy(allowed_code_hashes=(code_hash(),), min_tcb_version=att.min_tcb_version,
+                    max_age_s=att.max_age_s, allow_simulated=att.allow_simulated)
+    if att.provider == "simulated":
+        # (no seed configured: one derived from the network's secret, so a repair recreates the same root)
+        seed = bytes.fromhex(att.root_seed) if att.root_seed else \
+            hashlib.sha256(b"verinfer/simulated-root|" + secret).digest()
+        return policy, (SimulatedRoot(seed).trust_anchor,), {"provider": "simulated", "root_seed": seed,
+                                                           "tcb_version": att.tcb_version}
+    from actors.attestation import fetch_nras_anchors
+
+    return policy, tuple(fetch_nras_anchors()), {"provider": "nvidia"}
+
+
 def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None] = lambda s: None,
-           ledger_path: str | None = None, ready_timeout_s: float = 900.0) -> Network:
-    """Start the whole network from `cfg` on the connected Ray cluster."""
+           ledger_path: str | None = None, ready_timeout_s: float = 900.0, repair: bool = False) -> Network:
+    """Start the whole network from `cfg` on the connected Ray cluster.
+
+    repair=True (`verinfer up` on a network that is partly there): keep every actor
+    that still answers, recreate the missing ones from the durable state (ledger,
+    registry, selector, journals), and bring missing executors back in with fresh keys.
+    A fresh deploy starts the registry and selector empty; aggregator journals are
+    always reopened, so rounds a previous network left open are refunded."""
     if not ray.is_initialized():
         raise VerinferError("connect to a Ray cluster first (ray.init)")
     ns = {"namespace": cfg.network.namespace} if detached else {}
     life = {"lifetime": "detached"} if detached else {}
+    find_ns = cfg.network.namespace if detached else None
 
     def opts(role: str, **extra) -> dict:
-        return {"name": actor_name(cfg, role), **ns, **life, **placement.CONTROL_PLANE, **extra}
+        return {"name": actor_name(cfg, role), **ns, **life, **placement.CONTROL_PLANE, **RESTARTABLE, **extra}
+
+    def existing(role: str):
+        return _find(cfg, role, find_ns) if repair else None
 
     hashes = {m.id: model_hash(m) for m in cfg.models}
     path = ledger_path or cfg.ledger_file()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    paths = state_paths(cfg, path)
+    secret = _secret(paths["secret"])
+    if not repair:  # a new network: no node records or draws of an earlier one
+        for role in ("registry", "selector"):
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(paths[role] + suffix):
+                    os.remove(paths[role] + suffix)
+
+    def store(role: str) -> dict:
+        return {"path": paths[role], "secret": secret}
 
     att = cfg.attestation
-    policy, anchors, att_spec, epochs = None, (), {}, None
-    if att.enabled:
-        from actors.attestation import code_hash
-        from protocols.attestation import Policy, SimulatedRoot
-
-        policy = Policy(allowed_code_hashes=(code_hash(),), min_tcb_version=att.min_tcb_version,
-                        max_age_s=att.max_age_s, allow_simulated=att.allow_simulated)
-        if att.provider == "simulated":
-            seed = bytes.fromhex(att.root_seed) if att.root_seed else os.urandom(32)
-            anchors = (SimulatedRoot(seed).trust_anchor,)
-            att_spec = {"provider": "simulated", "root_seed": seed, "tcb_version": att.tcb_version}
-        else:
-            from actors.attestation import fetch_nras_anchors
-
-            anchors = tuple(fetch_nras_anchors())
-            att_spec = {"provider": "nvidia"}
-    ledger = ray.remote(SlashingLedger).options(**opts("ledger", max_restarts=-1, max_task_retries=-1)).remote(path, cfg.economics)
-    registry = ray.remote(ModelRegistry).options(**opts("registry")).remote(policy, anchors, att.epoch_s,
-                                                                     cfg.economics.min_stake)
-    selector = ray.remote(ObfuscatingSelector).options(**opts("selector")).remote(
-        registry, cfg.economics.min_stake, embargo_s=cfg.network.draw_embargo_s)
-    aggregator = ray.remote(Aggregator).options(**opts("aggregator", max_concurrency=10000)).remote(
-        registry, selector, ledger, cfg.economics, cfg.limits)
-    ray.get([selector.bind.remote(aggregator, ledger), registry.subscribe.remote(selector)])
+    policy, anchors, att_spec = _policy(cfg, secret)
+    ledger = existing("ledger") or ray.remote(SlashingLedger).options(**opts("ledger")).remote(path, cfg.economics)
+    registry = existing("registry") or ray.remote(ModelRegistry).options(**opts("registry")).remote(
+        policy, anchors, att.epoch_s, cfg.economics.min_stake, store("registry"))
+    selector = existing("selector") or ray.remote(ObfuscatingSelector).options(**opts("selector")).remote(
+        registry, cfg.economics.min_stake, embargo_s=cfg.network.draw_embargo_s, store=store("selector"))
+    agg_seed = hashlib.sha256(b"verinfer/aggregator-key|" + secret).digest()  # every shard signs as the network
+    aggs = []
+    for k in range(cfg.network.aggregator_shards):
+        role = f"aggregator/{k}"
+        aggs.append(existing(role) or ray.remote(Aggregator).options(**opts(role, max_concurrency=10000)).remote(
+            registry, selector, ledger, cfg.economics, cfg.limits, key_seed=agg_seed, store=store(role), shard=k))
+    ray.get([selector.bind.remote(aggs, ledger),
+             registry.subscribe.remote(selector, actor_name(cfg, "selector"))])
+    known = {m["model_id"]: m for m in ray.get(registry.list_models.remote())}
     sealed_paths, keys = {}, {}
     for m in cfg.models:
         if m.options.get("encrypted_weights"):
@@ -124,37 +197,48 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
                 raise ConfigError(f"models[{m.id}]: encrypted weights need an [attestation] provider")
             sealed_paths[m.id] = os.path.join(os.path.dirname(os.path.abspath(path)), "weights",
                                               f"{cfg.network.name}-{m.id}.enc")
-            keys[m.id] = encrypt_weights(m, sealed_paths[m.id])
+            if not (m.id in known and known[m.id]["model_hash"] == hashes[m.id] and os.path.exists(sealed_paths[m.id])):
+                keys[m.id] = encrypt_weights(m, sealed_paths[m.id])
     ray.get([registry.register_model.remote(m.id, hashes[m.id], m.engine, weights_key=keys.get(m.id),
                                                    timeout_s=m.timeout_s, timeout_per_token_s=m.timeout_per_token_s)
-             for m in cfg.models])
+             for m in cfg.models if not (m.id in known and known[m.id]["model_hash"] == hashes[m.id])])
     log(f"registered {len(cfg.models)} model(s): " + ", ".join(f"{k}={v[:12]}…" for k, v in hashes.items()))
 
-    placements, pgs = placement.plan(cfg.nodes, ray.available_resources().get("CPU", 0.0))
+    group_of = {nid: g for g in cfg.nodes for nid in g.node_ids()}
+    executors = {nid: h for nid in group_of if (h := existing(f"node/{nid}")) is not None}
+    wanted = [g for g in cfg.nodes]
+    placements, pgs = placement.plan(wanted, ray.available_resources().get("CPU", 0.0)) if \
+        len(executors) < len(group_of) else ([], [])
+    placements = [p for p in placements if p.node_id not in executors]
     if pgs:
         try:
             ray.get([pg.ready() for pg in pgs], timeout=60)
         except ray.exceptions.GetTimeoutError:
             raise ConfigError("GPU node groups need one GPU per executor; the cluster cannot place them") from None
-    group_of = {nid: g for g in cfg.nodes for nid in g.node_ids()}
-    executors = {}
+    agg_names = [actor_name(cfg, f"aggregator/{k}") for k in range(cfg.network.aggregator_shards)]
+    new = {}
     for p in placements:
         g = group_of[p.node_id]
-        executors[p.node_id] = ray.remote(NodeExecutor).options(
-            name=actor_name(cfg, f"node/{p.node_id}"), max_concurrency=64, **ns, **life, **p.options,
+        new[p.node_id] = ray.remote(NodeExecutor).options(
+            name=actor_name(cfg, f"node/{p.node_id}"), max_concurrency=64, **ns, **life, **EXECUTOR_RESTARTS,
+            **p.options,
         ).remote(p.node_id, engine_spec(cfg.model(g.model), g.threads, sealed_paths),
-                 cfg.malicious.get(p.node_id, "honest"),
-                 actor_name(cfg, "aggregator"), cfg.network.namespace if detached else None,
-                 attestation=att_spec)
-    log(f"starting {len(executors)} node executor(s)…")
-    refs = {e.ready.remote(): nid for nid, e in executors.items()}
-    done, pending = ray.wait(list(refs), num_returns=len(refs), timeout=ready_timeout_s)
+                 cfg.malicious.get(p.node_id, "honest"), agg_names, cfg.network.namespace if detached else None,
+                 attestation=att_spec, registry_name=actor_name(cfg, "registry"))
+    executors.update(new)
+    if new:
+        log(f"starting {len(new)} node executor(s)…")
+    refs = {e.ready.remote(): nid for nid, e in new.items()}
+    done, pending = ray.wait(list(refs), num_returns=len(refs), timeout=ready_timeout_s) if refs else ([], [])
     if pending:
-        for h in list(executors.values()) + [aggregator, selector, registry, ledger]:
-            ray.kill(h)
+        for h in list(new.values()) + ([] if repair else aggs + [selector, registry, ledger]):
+            ray.kill(h, no_restart=True)
         raise VerinferError(f"executors not ready after {ready_timeout_s:.0f}s: "
                             + ", ".join(sorted(refs[r] for r in pending)))
     infos = ray.get(list(refs))
+    registered = {n["node_id"] for n in ray.get(registry.list_nodes.remote())}
+    rejoin = [i["node_id"] for i in infos if i["node_id"] in registered]  # a node record, but a new process
+    infos = [i for i in infos if i["node_id"] not in registered]
 
     from collections import Counter
 
@@ -168,13 +252,18 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     stakes = ray.get(ledger.balances.remote("collateral/"))
     ray.get([registry.admit.remote(i["node_id"], i["pubkey"], group_of[i["node_id"]].model, i["fingerprint"],
                                    stakes.get(f"collateral/{i['node_id']}", 0), executors[i["node_id"]],
-                                   kem_pub=i["kem_pub"])
+                                   kem_pub=i["kem_pub"], handle_name=actor_name(cfg, f"node/{i['node_id']}"))
              for i in infos])
-    if att.enabled:
+    if rejoin:
+        back = ray.get([registry.rejoin.remote(n) for n in rejoin])
+        log(f"{sum(1 for b in back if b.get('rejoined'))}/{len(rejoin)} recreated node(s) rejoined with fresh keys")
+    epochs = existing("epochs")
+    if att.enabled and infos:
         attest_all(registry, executors, [i["node_id"] for i in infos])
         n_ok = sum(1 for n in ray.get(registry.list_nodes.remote()) if n["attested"])
-        log(f"attested {n_ok}/{len(infos)} node(s) ({att.provider}"
+        log(f"attested {n_ok}/{len(infos) + len(rejoin)} node(s) ({att.provider}"
             + (", SIMULATED root of trust: not a real TEE)" if att.provider == "simulated" else ")"))
+    if att.enabled and epochs is None:
         epochs = ray.remote(EpochKeeper).options(**opts("epochs")).remote(registry, att.epoch_s, att.renew_fraction)
         ray.get(epochs.start.remote())
         log(f"attestation epochs of {att.epoch_s:g}s: keys rotate and nodes re-attest at "
@@ -201,8 +290,10 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
             raise VerinferError("no node could load the encrypted weights: "
                                 + "; ".join(f"{n}: {why}" for n, why in sorted(failed.items())))
     classes = sorted({i["det_class"] for i in infos})
-    log(f"admitted {len(infos)} node(s) in {len(classes)} determinism class(es): {', '.join(classes)}")
-    return Network(cfg, registry, selector, ledger, aggregator, executors, epochs, pgs, hashes)
+    if infos:
+        log(f"admitted {len(infos)} node(s) in {len(classes)} determinism class(es): {', '.join(classes)}")
+    ray.get([a.health.remote() for a in aggs])  # every shard has finished recovering its journal
+    return Network(cfg, registry, selector, ledger, Aggregators(aggs, agg_names), executors, epochs, pgs, hashes)
 
 
 def attest_all(registry, executors: dict, node_ids: list[str]) -> list[dict]:
@@ -219,32 +310,89 @@ def connect(cfg: NetworkConfig) -> Network:
         handles = {r: ray.get_actor(actor_name(cfg, r), namespace=ns) for r in ROLES}
     except ValueError:
         raise VerinferError(f"no verinfer network {cfg.network.name!r} on this Ray cluster "
-                            f"(namespace {ns!r}); run `verinfer up` first") from None
-    executors = {}
-    for g in cfg.nodes:
-        for nid in g.node_ids():
-            try:
-                executors[nid] = ray.get_actor(actor_name(cfg, f"node/{nid}"), namespace=ns)
-            except ValueError:
-                pass
-    try:
-        epochs = ray.get_actor(actor_name(cfg, "epochs"), namespace=ns)
-    except ValueError:  # a network without attestation has no epochs
-        epochs = None
+                            f"(namespace {ns!r}); run `verinfer up` first (it repairs a network that is "
+                            f"partly there)") from None
+    names = [actor_name(cfg, f"aggregator/{k}") for k in range(cfg.network.aggregator_shards)]
+    aggs = [h for h in (_find(cfg, f"aggregator/{k}", ns) for k in range(len(names))) if h is not None]
+    if len(aggs) != len(names):
+        raise VerinferError(f"network {cfg.network.name!r} is missing aggregator shards; run `verinfer up` "
+                            "to repair it")
+    executors = {nid: h for g in cfg.nodes for nid in g.node_ids()
+                 if (h := _find(cfg, f"node/{nid}", ns)) is not None}
+    epochs = _find(cfg, "epochs", ns)  # a network without attestation has no epochs
     models = ray.get(handles["registry"].list_models.remote())
-    return Network(cfg, handles["registry"], handles["selector"], handles["ledger"], handles["aggregator"],
+    return Network(cfg, handles["registry"], handles["selector"], handles["ledger"], Aggregators(aggs, names),
                    executors, epochs, [], {m["model_id"]: m["model_hash"] for m in models})
 
 
-def teardown(net: Network) -> None:
-    for h in list(net.executors.values()) + [net.epochs, net.aggregator, net.selector, net.registry, net.ledger]:
+def all_roles(cfg: NetworkConfig) -> list[str]:
+    return (list(ROLES) + [f"aggregator/{k}" for k in range(cfg.network.aggregator_shards)] + ["epochs"]
+            + [f"node/{nid}" for g in cfg.nodes for nid in g.node_ids()])
+
+
+def status(cfg: NetworkConfig, namespace: str | None, timeout_s: float = 10.0) -> dict:
+    """Every actor's health, the nodes (live / dead / attested), open rounds and escrow held."""
+    actors = {}
+    found = {role: _find(cfg, role, namespace) for role in all_roles(cfg)}
+    pings = {}
+    for role, h in found.items():
+        if h is None:
+            actors[role] = "missing"
+            continue
+        method = "health" if role.startswith("aggregator/") else "__ray_ready__"
+        pings[role] = getattr(h, method).remote()
+    shards = {}
+    for role, ref in pings.items():
+        try:
+            got = ray.get(ref, timeout=timeout_s)
+            actors[role] = "ok"
+            if role.startswith("aggregator/"):
+                shards[role] = got
+        except ray.exceptions.GetTimeoutError:
+            actors[role] = "unresponsive"
+        except Exception as exc:
+            actors[role] = f"dead ({type(exc).__name__})"
+    nodes, escrow = [], None
+    if actors.get("registry") == "ok":
+        nodes = ray.get(found["registry"].list_nodes.remote(), timeout=timeout_s)
+    if actors.get("ledger") == "ok":
+        escrow = sum(ray.get(found["ledger"].balances.remote("escrow/"), timeout=timeout_s).values())
+    if actors.get("epochs") == "missing" and not cfg.attestation.enabled:
+        actors.pop("epochs")
+    return {"network": cfg.network.name, "actors": actors,
+            "nodes": {"total": len(nodes), "live": sum(1 for n in nodes if n["live"]),
+                      "dead": sum(1 for n in nodes if not n["live"]),
+                      "attested": sum(1 for n in nodes if n["attested"]),
+                      "rejoining": sum(1 for n in nodes if n.get("rejoining"))},
+            "open_rounds": sum(s["open"] for s in shards.values()),
+            "escrow_held": escrow, "shards": shards,
+            "healthy": all(v == "ok" for v in actors.values())}
+
+
+def teardown(net: Network | None = None, cfg: NetworkConfig | None = None, namespace: str | None = None) -> list[str]:
+    """Remove a network's actors: those `net` holds, and (given cfg) any other actor of it still
+    registered by name, even after crashes. Returns the roles removed."""
+    handles = []
+    if net is not None:
+        aggs = list(net.aggregator.handles) if isinstance(net.aggregator, Aggregators) else [net.aggregator]
+        handles = list(net.executors.values()) + [net.epochs] + aggs + [net.selector, net.registry, net.ledger]
+    removed = []
+    if cfg is not None:
+        for role in all_roles(cfg):
+            h = _find(cfg, role, namespace)
+            if h is not None:
+                handles.append(h)
+                removed.append(role)
+    for h in handles:
         if h is None:
             continue
         try:
             ray.kill(h, no_restart=True)
         except Exception:
             pass
-    from ray.util.placement_group import remove_placement_group
+    if net is not None:
+        from ray.util.placement_group import remove_placement_group
 
-    for pg in net.placement_groups:
-        remove_placement_group(pg)
+        for pg in net.placement_groups:
+            remove_placement_group(pg)
+    return removed

@@ -108,13 +108,25 @@ def _refuse(body: dict, name: str, ok, why: str) -> None:
         raise APIError(400, f"{name} is not supported: {why}", param=name, code="unsupported_parameter")
 
 
+def read_body(raw: bytes) -> Any:
+    """The JSON value of a request body. Raises APIError(413) over MAX_BODY_BYTES and
+    APIError(400) for anything that is not JSON (invalid UTF-8, or nested too deep to
+    decode: json raises RecursionError there, not ValueError)."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise APIError(413, "request body too large")
+    try:
+        return json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
+        raise APIError(400, "request body is not valid JSON") from None
+
+
 def parse(kind: str, body: Any, default_model: str, templates: dict[str, str | None] | None = None,
           default_max_tokens: int = 64) -> Call:
     """Check an OpenAI request body. Raises APIError(400) for anything that cannot be honoured."""
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object")
     model = body.get("model") or default_model
-    if not isinstance(model, str):
+    if not isinstance(model, str) or not _utf8(model):
         raise APIError(400, "model must be a string", param="model")
     _refuse(body, "n", lambda v: v == 1, "every request has exactly one answer (verinfer's N is in `verinfer.n`)")
     _refuse(body, "top_p", lambda v: v == 1 or v == 1.0, "nucleus sampling is not part of the decoding rule; "
@@ -149,7 +161,7 @@ def parse(kind: str, body: Any, default_model: str, templates: dict[str, str | N
     if unknown:
         raise APIError(400, f"verinfer has unknown keys: {sorted(unknown)}", param="verinfer")
     mode = vi.get("mode")
-    if mode is not None and mode not in modes.SPECS:
+    if mode is not None and (not isinstance(mode, str) or mode not in modes.SPECS):
         raise APIError(400, f"verinfer.mode must be one of {list(modes.MODES)}", param="verinfer.mode")
     n = vi.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -174,9 +186,19 @@ def parse(kind: str, body: Any, default_model: str, templates: dict[str, str | N
         if not isinstance(prompt, str):
             raise APIError(400, "prompt must be a string (one prompt per request)", param="prompt")
         template = False  # a completion continues the text as given
+    if not _utf8(prompt):  # JSON may carry lone surrogates ("\ud800"): no hash or engine can take them
+        raise APIError(400, "the prompt is not valid Unicode text", param="messages" if kind == CHAT else "prompt")
     return Call(kind, model, prompt, template, int(max_tokens), temperature, int(top_k), stream,
                 bool(opts.get("include_usage", False)), mode, n, None if p is None else float(p), require_tee,
                 envelope, sealed, msgs)
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _b64(v: Any, name: str) -> bytes | None:

@@ -116,6 +116,10 @@ class Request:
         b = env.body
         if messages.client_id_of(env.sender) != b["client_id"]:
             raise UnknownSender("request is not signed by the client it names")
+        if b["prompt_len"] < 0:
+            raise InvalidParams("prompt_len must be >= 0")
+        if b["client_kem"] and not sealing.is_public_key(b["client_kem"]):  # else every node runs, then fails
+            raise InvalidParams("client_kem is not an X25519 public key: the output could not be sealed to it")
         return cls(raw=env.raw, sender=env.sender, request_id=b["request_id"], client_id=b["client_id"],
                    model_id=b["model_id"], model_hash=b["model_hash"], prompt_hash=b["prompt_hash"],
                    prompt_len=b["prompt_len"], params=SamplingParams.from_wire(b["params"]),

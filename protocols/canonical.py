@@ -37,16 +37,39 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(_canon(value), use_bin_type=True)
 
 
+MAX_DEPTH = 64  # nesting far beyond any message's; deeper values would exhaust `_canon`'s recursion
+
+
 def unpack(data: bytes, max_len: int = 16 * 1024 * 1024) -> Any:
-    """Strict inverse of `pack`; raises MalformedMessage on anything odd."""
+    """Strict inverse of `pack`; raises MalformedMessage on anything odd, including
+    what `pack` could not encode again (so a receiver can re-pack what it received
+    to check a signature): map keys that are not strings, nesting deeper than MAX_DEPTH."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MalformedMessage(f"expected bytes, got {type(data).__name__}")
     if len(data) > max_len:
         raise MalformedMessage(f"message of {len(data)} bytes exceeds {max_len}")
     try:
-        return msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True)
+        obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise MalformedMessage(f"not valid msgpack: {exc}") from None
+    if type(obj) in (dict, list):
+        _check_packable(obj)
+    return obj
+
+
+def _check_packable(obj: Any) -> None:
+    stack = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise MalformedMessage(f"nested deeper than {MAX_DEPTH}")
+        if isinstance(value, dict):
+            if set(map(type, value)) - {str}:
+                raise MalformedMessage("map keys must be strings")
+            value = value.values()
+        kinds = set(map(type, value))  # (in C: long lists of scalars cost little)
+        if dict in kinds or list in kinds:
+            stack.extend((v, depth + 1) for v in value if type(v) in (dict, list))
 
 
 def sha256(*parts: bytes) -> bytes:

@@ -200,7 +200,9 @@ class Slash:
 
 
 def _node_tuple(name: str, v: object) -> tuple[str, ...]:
-    t = tuple(v)  # type: ignore[arg-type]
+    if not isinstance(v, (list, tuple)):  # (a str, a dict or a number is no list of node ids)
+        raise InvalidPosting(f"settlement {name} must be a list of node ids, got {type(v).__name__}")
+    t = tuple(v)
     if any(not isinstance(x, str) or not x for x in t) or len(set(t)) != len(t):
         raise InvalidPosting(f"settlement {name} must be distinct non-empty node ids")
     return t
@@ -226,6 +228,8 @@ class Settlement:
             raise InvalidPosting("settlement escrowed must be an int >= 0")
         for name in ("paid_nodes", "beneficiaries", "referees"):
             object.__setattr__(self, name, _node_tuple(name, getattr(self, name)))
+        if not isinstance(self.slashes, (list, tuple)):
+            raise InvalidPosting("settlement slashes must be a list of Slash values")
         slashes = tuple(self.slashes)
         if any(not isinstance(s, Slash) for s in slashes):
             raise InvalidPosting("settlement slashes must be Slash values")

@@ -47,6 +47,8 @@ def mapping_commitment(entries: list[tuple]) -> dict[str, bytes]:
 
 def check_unblinding(commitment: dict[str, bytes], pseudonym: bytes, node_id: str, salt: bytes,
                      evidence_digest: str = "") -> None:
+    if not isinstance(commitment, dict) or not isinstance(pseudonym, bytes):  # (a receipt's, possibly forged)
+        raise UnblindingRejected("the committed mapping is not a map, or the pseudonym not a key")
     want = commitment.get(pseudonym_id(pseudonym))
     if want is None:
         raise UnblindingRejected(f"{pseudonym_id(pseudonym)} is not in the committed mapping")

@@ -35,7 +35,7 @@ from .canonical import pack, sha256
 from .crypto import verify as verify_sig
 from .errors import BadSignature
 from .crypto import SigningKey
-from .errors import InvalidParams, MessageError, ReceiptInvalid
+from .errors import InvalidParams, MessageError, ReceiptInvalid, VerinferError
 
 QUORUM, REFEREE = "quorum", "referee"
 COIN_LABEL = "coin"  # the VRF label of the cross-validation coin
@@ -99,7 +99,22 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
     and members are labelled by what the evidence proves ("simulated" | "hardware").
     Without roots nothing about attestation is verified: members are labelled
     "unverified". trusted_selectors pins the selector key of obfuscated receipts.
+
+    Fails closed: a signed body of the wrong shape (a missing key, a field of another
+    type, a list of the wrong length) is ReceiptInvalid too, whoever signed it.
     """
+    try:
+        return _verify_receipt(raw, trusted_aggregators, output_token_ids, trusted_roots, attestation_policy,
+                               trusted_selectors)
+    except ReceiptInvalid:
+        raise
+    except (VerinferError, KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise ReceiptInvalid(f"receipt is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def _verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None,
+                    output_token_ids: Sequence[int] | None, trusted_roots: Sequence[bytes] | None,
+                    attestation_policy: Any, trusted_selectors: Sequence[bytes] | None) -> ReceiptSummary:
     try:
         env = messages.open_envelope(raw, "receipt")
     except MessageError as exc:
@@ -267,8 +282,8 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
     status, truth = outcome.status, outcome.commitment
     paid, slashed = outcome.paid, outcome.slashes
     if obf:
-        unblinded = dec.get("unblinded") or {}
-        if set(unblinded) != {nid for nid, _ in slashed}:
+        unblinded = dec["unblinded"]
+        if not isinstance(unblinded, dict) or set(unblinded) != {nid for nid, _ in slashed}:
             _fail("exactly the slashed pseudonyms, and only they, must be unblinded")
         for pid, opened in unblinded.items():
             if not isinstance(opened, (list, tuple)) or len(opened) not in (2, 4):
@@ -280,7 +295,7 @@ def verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None = Non
                 raise ReceiptInvalid(str(exc)) from None
             if digest:  # a slashed attested member: its evidence is now public, and must verify
                 check(evidence, digest, node_id)
-    elif dec["unblinded"]:
+    elif dec["unblinded"] != {}:
         _fail("only obfuscated receipts unblind anyone")
 
     checked = False

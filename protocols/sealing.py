@@ -47,6 +47,15 @@ class KemKey:
             raise SealError(f"cannot open sealed data: {exc}") from None
 
 
+def is_public_key(public: object) -> bool:
+    """Whether something can be sealed to `public` (a valid X25519 public key)."""
+    try:
+        HPKE.import_x25519_public_key(bytes(public))  # type: ignore[arg-type]
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
 def seal(recipient_public: bytes, plaintext: bytes, info: bytes, aad: bytes = b"") -> bytes:
     try:
         pub = HPKE.import_x25519_public_key(bytes(recipient_public))

@@ -16,7 +16,7 @@ from typing import Mapping
 
 from .decision import LATE_REASONS, Outcome
 from .errors import UnknownRequest
-from .ledger import Settlement, Slash, collateral_account
+from .ledger import InvalidPosting, Settlement, Slash, collateral_account
 from .obfuscation import check_unblinding
 
 
@@ -43,6 +43,11 @@ class Binding:
     salt: bytes
     key: bytes  # the pseudonym's one-time public key
     digest: str = ""  # attestation evidence digest ("" when drawn without attestation)
+
+    def __post_init__(self) -> None:  # the ledger stores it as given: refuse what could never open a commitment
+        if not (isinstance(self.node_id, str) and self.node_id and isinstance(self.salt, bytes)
+                and isinstance(self.key, bytes) and self.key and isinstance(self.digest, str)):
+            raise InvalidPosting("a binding is (node id, salt bytes, key bytes, digest str)")
 
 
 def resolve(s: Settlement, bindings: Mapping[str, Binding], commitment: Mapping[str, bytes]) -> Settlement:

@@ -100,7 +100,7 @@ def check_books(net, settle_s: float = 120.0) -> None:
     from protocols.ledger import check_conservation
 
     deadline = time.time() + settle_s
-    while ray.get(net.aggregator.stats.remote())["open"]:  # rounds still running settle first
+    while net.aggregator.totals().get("open"):  # rounds still running settle first
         assert time.time() < deadline, "rounds still open long after the test"
         time.sleep(0.05)
     balances = ray.get(net.ledger.balances.remote())

@@ -143,7 +143,7 @@ def test_same_settlement_applied_twice_pays_once(net, client):
 
 # --- bad input: typed error, nothing changes -------------------------------------------
 def _state(net):
-    return ray.get([net.ledger.balances.remote(), net.aggregator.stats.remote()])
+    return [ray.get(net.ledger.balances.remote()), net.aggregator.totals()]
 
 
 def test_bad_requests_rejected_with_typed_errors_and_no_state_change(net, client):
