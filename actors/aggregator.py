@@ -287,9 +287,10 @@ class Aggregator:
                 if self.journal is not None:  # nothing was escrowed: the round never existed
                     self.journal.close(rid, {"error": "escrow refused", "error_type": "VerinferError"})
                 raise
-        except BaseException:
+        except BaseException as exc:
             self.guard.forget(rid)
-            self.selector.forget.remote(rid)
+            if not isinstance(exc, messages.ReplayedMessage):  # a replay's draws belong to the original
+                self.selector.forget.remote(rid)
             raise
         self.rounds[rid] = live
         await live.transport.release(live)

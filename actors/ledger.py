@@ -428,14 +428,14 @@ class SlashingLedger:
         return await self._enqueue(postings, at)
 
     async def deposit(self, account: str, amount: int, key: str) -> GroupResult:
-        return (await self._enqueue(deposit_postings(account, amount, key), None)).raise_for_error()
+        return (await self._enqueue(_built(deposit_postings, account, amount, key), None)).raise_for_error()
 
     async def withdraw(self, account: str, amount: int, key: str) -> GroupResult:
-        return (await self._enqueue(withdraw_postings(account, amount, key), None)).raise_for_error()
+        return (await self._enqueue(_built(withdraw_postings, account, amount, key), None)).raise_for_error()
 
     async def escrow(self, request_id: str, client_id: str, amount: int) -> GroupResult:
         """Lock a client's payment for a request (once; refused after the request settled)."""
-        job = EscrowJob(request_id, tuple(escrow_postings(request_id, client_id, amount)))
+        job = _built(lambda: EscrowJob(request_id, tuple(escrow_postings(request_id, client_id, amount))))
         return (await self._enqueue(job, None)).raise_for_error()
 
     async def settle(self, settlement: Settlement, econ: Economics | None = None) -> GroupResult:
@@ -445,12 +445,12 @@ class SlashingLedger:
         econ = econ or self._econ
         if econ is None:
             raise ConfigError("economics missing: pass econ= to settle or to SlashingLedger(path, econ)")
-        return (await self._enqueue(SettleJob(settlement, econ), None)).raise_for_error()
+        return (await self._enqueue(_built(SettleJob, settlement, econ), None)).raise_for_error()
 
     async def bind_members(self, request_id: str, members: Mapping[str, settle_rules.Binding]) -> None:
         """Obfuscated rounds: the selector says which node each pseudonym pays (durable
         before the pseudonyms are handed out). A pseudonym binds once."""
-        (await self._enqueue(BindJob(request_id, dict(members)), None)).raise_for_error()
+        (await self._enqueue(_built(lambda: BindJob(request_id, dict(members))), None)).raise_for_error()
 
     async def settle_members(self, settlement: Settlement, commitment: Mapping[str, bytes]) -> GroupResult:
         """Settle a round whose settlement names pseudonyms. Each is resolved through its
@@ -459,7 +459,8 @@ class SlashingLedger:
         that was not slashed: only the slashed nodes' collateral is returned."""
         if self._econ is None:
             raise ConfigError("economics missing: SlashingLedger(path, econ)")
-        res = (await self._enqueue(SettleJob(settlement, self._econ, dict(commitment)), None)).raise_for_error()
+        res = (await self._enqueue(_built(lambda: SettleJob(settlement, self._econ, dict(commitment))),
+                                   None)).raise_for_error()
         slashed = await self._read(lambda: settle_rules.resolve(
             Settlement(settlement.request_id, settlement.client_id, settlement.escrowed,
                        slashes=settlement.slashes), self._store.bindings(settlement.request_id), commitment))
@@ -500,6 +501,17 @@ class SlashingLedger:
 
     async def pid(self) -> int:
         return os.getpid()
+
+
+def _built(make, *args):
+    """A group or job built from a caller's arguments; anything malformed is a typed error
+    here, before it reaches the batch (where it would roll back everyone's groups)."""
+    try:
+        return make(*args)
+    except VerinferError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise InvalidPosting(f"malformed ledger call: {type(exc).__name__}: {exc}") from None
 
 
 def _make_actor():

@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from actors.peers import find as _actor, me as _self_handle
 from actors.store import open_store
 from protocols.determinism import class_id
 from protocols.errors import DuplicateNode, ModelHashMismatch, NodeError, UnknownModel, UnknownNode
@@ -463,21 +464,3 @@ def _record_row(rec: NodeRecord) -> dict:
     d = asdict(rec)
     d.pop("handle")
     return d
-
-
-def _actor(name: str):
-    """An actor of this network by name, in this actor's namespace (None: not found)."""
-    if not name:
-        return None
-    import ray
-
-    try:
-        return ray.get_actor(name, namespace=ray.get_runtime_context().namespace)
-    except ValueError:
-        return None
-
-
-def _self_handle():
-    import ray
-
-    return ray.get_runtime_context().current_actor

@@ -11,7 +11,7 @@ draws stay secret: their records are disclosed only after an embargo (`disclose`
 Durable (actors.store): the VRF and signing keys, every draw record, coin
 seeds, and each obfuscated request's mapping (pseudonym -> node, salt, tickets
 not yet sent) are written before the call returns and reloaded on restart. The
-keys, coins and mappings are in sealed tables: the file alone unblinds nobody.
+keys, coins, draws and mappings are in sealed tables: the file alone unblinds nobody.
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ from protocols import crossval, obfuscation, selection, vrf
 from protocols.canonical import pack
 from protocols.crypto import SigningKey
 from protocols.errors import InvalidParams, NotEnoughNodes, UnknownRequest
+from protocols.messages import ReplayedMessage
 from protocols.settlement import Binding
 
 COIN = "coin"  # the VRF label of the cross-validation coin
 
 
 class QuorumSelector:
-    SEALED = ("keys", "coins", "obf")
+    SEALED = ("keys", "coins", "obf", "draws")  # draws of obfuscated requests are secret too
 
     def __init__(self, registry: Any, min_stake: int, vrf_key: bytes | None = None, embargo_s: float = 86400.0,
                  store: dict | None = None):
@@ -51,7 +52,11 @@ class QuorumSelector:
         self._drawn_at: dict[str, float] = {}
         self._version, self._all_views, self._all_keys = -1, None, {}
         self._attestations: dict = {}
+        self.owners: dict[str, int] = {}  # request id -> the aggregator shard it belongs to
+        self._owners_saved: set[str] = set()
         if self.store is not None:
+            self.owners = dict(self.store.items("owners"))
+            self._owners_saved = set(self.owners)
             for rid, row in self.store.items("draws"):
                 self.records[rid], self._drawn_at[rid] = list(row["records"]), float(row["drawn_at"])
             self.coins = {rid: (bytes(c[0]), bytes(c[1])) for rid, c in self.store.items("coins")}
@@ -72,8 +77,10 @@ class QuorumSelector:
     async def draw(self, request_id: str, model_id: str, n: int, label: str = "quorum",
                    exclude: tuple[str, ...] = (), det_class: str | None = None,
                    allow_fewer: bool = False, require_attested: bool = False, coin: bool = False,
-                   within: tuple[str, ...] | None = None) -> dict:
+                   within: tuple[str, ...] | None = None, owner: int | None = None) -> dict:
         """Draw n nodes; with allow_fewer, as many as are eligible (possibly none).
+        owner: the aggregator shard asking. A request is drawn for one shard only: the
+        same request through another shard is a replay (the shards' guards are their own).
         within: only these nodes may be drawn (a sealed prompt's recipients); the
         others are recorded as excluded, so the receipt still recomputes the draw.
 
@@ -81,18 +88,19 @@ class QuorumSelector:
         and returns only its commitment; `reveal_coin` opens it later."""
         try:
             return await self._draw(request_id, model_id, n, label, exclude, det_class, allow_fewer,
-                                    require_attested, coin, within)
+                                    require_attested, coin, within, owner)
         except NotEnoughNodes:  # the view may trail the registry by a push: ask it once, then decide
             self._all_views, self._version = None, -1
             return await self._draw(request_id, model_id, n, label, exclude, det_class, allow_fewer,
-                                    require_attested, coin, within)
+                                    require_attested, coin, within, owner)
 
     async def _draw(self, request_id, model_id, n, label, exclude, det_class, allow_fewer, require_attested,
-                    coin, within) -> dict:
+                    coin, within, owner=None) -> dict:
         views, keys = await self._views(model_id)
         if within is not None:
             allowed = set(within)
             exclude = tuple(sorted(set(exclude) | {v.node_id for v in views if v.node_id not in allowed}))
+        self._check_owner(request_id, owner)
         for r in self.records.get(request_id, []):
             if r["label"] == label:
                 if _same_draw(r, model_id, n, exclude, det_class, require_attested):  # a retried call
@@ -112,7 +120,7 @@ class QuorumSelector:
             chosen: list[str] = []
         else:
             chosen = selection.draw(pool, n, seed)
-        record = {"label": label, "det_class": det_class, "seed": seed, "proof": proof, "asked": asked, "eligible": pool,
+        record = {"label": label, "owner": owner, "det_class": det_class, "seed": seed, "proof": proof, "asked": asked, "eligible": pool,
                   "exclude": sorted(exclude), "selected": chosen, "keys": [keys[c] for c in chosen],
                   "require_attested": require_attested,
                   "attestations": {c: self._attestations[c] for c in chosen if c in self._attestations}}
@@ -123,6 +131,17 @@ class QuorumSelector:
             self.coins[request_id] = (beta, pi)
         self._save_draws(request_id)
         return self._with_coin(request_id, record)
+
+    def _check_owner(self, request_id: str, owner: int | None) -> None:
+        """A request belongs to the first shard that drew for it, for good (kept after `forget`)."""
+        if owner is None:
+            return
+        held = self.owners.setdefault(request_id, owner)
+        if held != owner:
+            raise ReplayedMessage(f"request {request_id} is already served by another aggregator shard")
+        if self.store is not None and held == owner and request_id not in self._owners_saved:
+            self.store.put("owners", request_id, owner)
+            self._owners_saved.add(request_id)
 
     def _with_coin(self, request_id: str, record: dict) -> dict:
         if request_id in self.coins:
@@ -218,6 +237,11 @@ class ObfuscatingSelector(QuorumSelector):
         self.frame: str | None = None  # experiments only: a lying selector names this node when unblinding
         self.misbind = False  # experiments only: ... or binds every pseudonym to it at the ledger
         if self.store is not None:
+            peers = self.store.get("meta", "peers")
+            if peers:  # restarted: the peers bind gave us, by name
+                from actors.peers import find
+
+                self.aggregator, self.ledger = [find(n) for n in peers["aggregators"]], find(peers["ledger"])
             for rid, row in self.store.items("obf"):
                 self.obf[rid] = {"members": {p: tuple(m) for p, m in row["members"].items()},
                                  "served": set(row["served"]), "held": [tuple(h) for h in row["held"]],
@@ -237,9 +261,12 @@ class ObfuscatingSelector(QuorumSelector):
         the payments (the ledger must catch it against the same mapping); None = honest."""
         self.frame, self.misbind = (None, False) if frame is None else (frame, bool(misbind))
 
-    def bind(self, aggregator: Any, ledger: Any) -> None:
-        """aggregator: one handle, or one per shard (index = shard)."""
+    def bind(self, aggregator: Any, ledger: Any, names: dict | None = None) -> None:
+        """aggregator: one handle, or one per shard (index = shard). names: their actor
+        names ({"aggregators": [...], "ledger": ...}), kept so a restart finds them again."""
         self.aggregator, self.ledger = aggregator, ledger
+        if names and self.store is not None:
+            self.store.put("meta", "peers", names)
 
     def _reply(self, request_id: str):
         aggs = self.aggregator if isinstance(self.aggregator, (list, tuple)) else [self.aggregator]
@@ -259,12 +286,13 @@ class ObfuscatingSelector(QuorumSelector):
         require_attested draws only attested nodes and commits each one's evidence
         digest in its mapping entry; the record says only "attested", not by whom.
         reply_to: the aggregator shard the members push to."""
+        self._check_owner(request_id, reply_to)
         state = self.obf.setdefault(request_id, {"members": {}, "served": set(), "held": [], "reply_to": reply_to})
         done = state.setdefault("draws", {}).get(label)
         if done is not None:  # a retried call: the same pseudonyms, not a second draw
             return done
         rec = await self.draw(request_id, model_id, n, label, tuple(sorted(state["served"])), det_class,
-                              allow_fewer, require_attested, within=within)
+                              allow_fewer, require_attested, within=within, owner=reply_to)
         kems = await self.registry.kem_keys.remote(rec["selected"])
         out = {"det_class": rec["det_class"], "pseudonyms": [], "keys": [], "mapping": {}}
         bindings = {}

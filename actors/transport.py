@@ -43,7 +43,8 @@ class Direct:
         a = self.agg
         d = await a.selector.draw.remote(live.round.request_id, live.model_id, count, label=label, exclude=exclude,
                                          det_class=live.det_class or None, allow_fewer=allow_fewer, coin=coin,
-                                         require_attested=attested or live.require_tee, within=live.recipients)
+                                         require_attested=attested or live.require_tee, within=live.recipients,
+                                         owner=self.agg.shard)
         live.draws.append(d)
         return d
 

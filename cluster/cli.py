@@ -43,26 +43,20 @@ def cmd_demo(args) -> int:
 
 def cmd_up(args) -> int:
     from . import config as cfgmod
-    from .network import all_roles, deploy, status
+    from .network import deploy, status
 
     cfg = cfgmod.load(args.config)
     _init_ray(args.address, cfg.network.namespace)
-    st = status(cfg, cfg.network.namespace)
+    st = status(cfg, cfg.network.namespace, timeout_s=60.0)
     present = [r for r, v in st["actors"].items() if v != "missing"]
-    if st["healthy"]:
-        print(f"network {cfg.network.name!r} is already up")
+    missing = [r for r, v in st["actors"].items() if v == "missing"]
+    if not missing:
+        slow = [r for r, v in st["actors"].items() if v != "ok"]
+        print(f"network {cfg.network.name!r} is already up"
+              + (f" ({', '.join(slow)} not answering yet: Ray restarts crashed actors by itself)" if slow else ""))
         return EXIT_OK
-    if present:  # half there: keep what answers, recreate the rest from the durable state
-        print(f"network {cfg.network.name!r} is partly up; repairing "
-              + ", ".join(f"{r} ({v})" for r, v in st["actors"].items() if v != "ok"))
-        from .network import _find
-        import ray
-
-        for role in all_roles(cfg):  # an actor that does not answer is replaced, not waited for
-            if st["actors"].get(role, "ok") not in ("ok", "missing"):
-                h = _find(cfg, role, cfg.network.namespace)
-                if h is not None:
-                    ray.kill(h, no_restart=True)
+    if present:  # half there: keep what is there, recreate the rest from the durable state
+        print(f"network {cfg.network.name!r} is partly up; recreating {', '.join(missing)}")
     net = deploy(cfg, detached=True, log=print, repair=bool(present))
     print(f"network {cfg.network.name!r} is up: {len(net.executors)} nodes, {len(net.aggregator)} aggregator "
           f"shards, models {sorted(net.model_hashes)}")

@@ -187,7 +187,8 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
         role = f"aggregator/{k}"
         aggs.append(existing(role) or ray.remote(Aggregator).options(**opts(role, max_concurrency=10000)).remote(
             registry, selector, ledger, cfg.economics, cfg.limits, key_seed=agg_seed, store=store(role), shard=k))
-    ray.get([selector.bind.remote(aggs, ledger),
+    agg_names = [actor_name(cfg, f"aggregator/{k}") for k in range(cfg.network.aggregator_shards)]
+    ray.get([selector.bind.remote(aggs, ledger, {"aggregators": agg_names, "ledger": actor_name(cfg, "ledger")}),
              registry.subscribe.remote(selector, actor_name(cfg, "selector"))])
     known = {m["model_id"]: m for m in ray.get(registry.list_models.remote())}
     sealed_paths, keys = {}, {}
@@ -215,7 +216,6 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
             ray.get([pg.ready() for pg in pgs], timeout=60)
         except ray.exceptions.GetTimeoutError:
             raise ConfigError("GPU node groups need one GPU per executor; the cluster cannot place them") from None
-    agg_names = [actor_name(cfg, f"aggregator/{k}") for k in range(cfg.network.aggregator_shards)]
     new = {}
     for p in placements:
         g = group_of[p.node_id]

@@ -305,3 +305,26 @@ def test_actor_survives_sigkill_with_submissions_in_flight(ray_cluster, tmp_path
         assert all(r.applied == 0 for r in again) and ray.get(actor.stats.remote())["entries"] == n
     finally:
         ray.kill(actor)
+
+
+def test_store_escrow_after_its_request_settled_is_refused_so_it_cannot_stay_locked(tmp_path):
+    """A shard that crashed mid-submit refunds the round on restart; an escrow of the dead
+    shard still in flight must not land after that refund (it would stay locked forever)."""
+    from actors.ledger import EscrowJob, SettleJob
+
+    st = LedgerStore(str(tmp_path / "l.db"))
+    st.commit_groups([dep(1, amount=500)])
+    refund = SettleJob(Settlement("r1", "c", 300), ECON)
+    [r] = st.commit_groups([(refund, 2.0)])  # nothing was escrowed yet: nothing comes back
+    assert r.ok and st.balances("escrow/") == {}
+    [late] = st.commit_groups([(EscrowJob("r1", tuple(escrow_postings("r1", "c", 300))), 3.0)])
+    assert isinstance(late.error, SettlementConflict)
+    assert st.balances("client/") == {"client/c": 500} and not st.balances("escrow/")
+    # an escrow that landed before the settlement is refunded by it, and its retry is a duplicate
+    job = EscrowJob("r2", tuple(escrow_postings("r2", "c", 200)))
+    st.commit_groups([(job, 4.0)])
+    st.commit_groups([(SettleJob(Settlement("r2", "c", 200), ECON), 5.0)])
+    [again] = st.commit_groups([(job, 6.0)])
+    assert again.ok and again.duplicate == (True,)
+    assert st.balances("client/") == {"client/c": 500} and not any(st.balances("escrow/").values())
+    check_conservation(st.balances())

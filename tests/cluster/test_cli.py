@@ -243,6 +243,36 @@ def _last_json_block(out: str):
     return json.loads(out[start:])
 
 
+def test_status_then_up_repairs_a_network_whose_aggregator_was_killed(detached, capsys):
+    import time
+
+    import ray
+
+    cfgpath, cfg = detached["config"], detached["cfg"]
+    assert run(["status", "--config", cfgpath]) == 0
+    out = capsys.readouterr().out
+    assert "healthy" in out and f"{N_NODES} live, 0 dead" in out and "escrow held: 0" in out
+    ns = cfg.network.namespace
+    ledger = ray.get_actor(f"{cfg.network.name}/ledger", namespace=ns)
+    entries = ray.get(ledger.head.remote())[0]
+    ray.kill(ray.get_actor(f"{cfg.network.name}/aggregator/0", namespace=ns), no_restart=True)
+    deadline = time.time() + 30
+    while run(["status", "--config", cfgpath]) != cli.EXIT_NOT_HEALTHY:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    out = capsys.readouterr().out
+    assert "aggregator/0" in out and "missing" in out and "verinfer up" in out
+    assert run(["up", "--config", cfgpath]) == 0
+    assert "recreating aggregator/0" in capsys.readouterr().out
+    assert run(["status", "--config", cfgpath, "--json"]) == 0
+    st = _last_json_block(capsys.readouterr().out)
+    assert st["healthy"] and st["nodes"]["live"] == N_NODES and st["open_rounds"] == 0
+    assert ray.get(ledger.head.remote())[0] >= entries  # the same ledger, kept
+    assert run(["submit", "--config", cfgpath, "--prompt", "after the repair", "--n", "3", "--max-tokens", "4",
+                "--json"]) == 0
+    assert _last_json(capsys.readouterr().out)["status"] == "final"
+
+
 def test_down_then_commands_report_no_network(detached, capsys):
     cfgpath = detached["config"]
     assert run(["down", "--config", cfgpath]) == 0
