@@ -85,3 +85,28 @@ def test_a_closed_round_keeps_its_answer_drops_its_events_and_its_id_stays_spent
         j.open(f"x{i}", {})
         j.close(f"x{i}", {"status": "final"})
     assert j.store.count("final") <= 64 and j.spent("r1") and j.spent("x0")
+
+
+def test_a_round_decided_before_the_crash_replays_to_the_same_decision(tmp_path):
+    """What a restarted shard settles again must be what the round decided (the ledger
+    returns the first settlement only for an identical one)."""
+    from protocols.commitments import commit_hash
+    from protocols.sampling import Finalize
+
+    j = _journal(tmp_path)
+    j.open("r2", {})
+    rnd = Round("r2", 3, 10.0, 5.0, 5)
+    nodes, keys, c, salt = ["a", "b", "c"], [b"ka", b"kb", b"kc"], b"c" * 32, b"s" * 32
+    calls = [("start", nodes, keys, 1.0)]
+    calls += [("on_result", n, k, commit_hash(k, c, salt), 2.0) for n, k in zip(nodes, keys)]
+    calls += [("on_reveal", n, k, c, salt, 3.0) for n, k in zip(nodes, keys)]
+    decided = None
+    for name, *args in calls:
+        j.event("r2", "rnd", name, *args)
+        decided = next((a.outcome for a in getattr(rnd, name)(*args) if isinstance(a, Finalize)), decided)
+    j.flush()
+    assert rnd.done and decided.status == "final"
+    again, replayed = Round("r2", 3, 10.0, 5.0, 5), None
+    for _, args in _journal(tmp_path).open_rounds()["r2"][1]:
+        replayed = next((a.outcome for a in getattr(again, args[0])(*args[1:]) if isinstance(a, Finalize)), replayed)
+    assert again.done and replayed.record() == decided.record() and replayed.paid == decided.paid

@@ -93,7 +93,7 @@ def test_a_shard_killed_mid_round_ends_its_rounds_unresolved_refunded_the_other_
     _serves_next(client)
 
 
-@pytest.mark.parametrize("role", ["registry", "selector", "ledger"])
+@pytest.mark.parametrize("role", ["registry", "selector", "ledger", "epochs"])
 def test_a_control_plane_actor_killed_mid_round_loses_no_round(net, client, role):
     hs = _in_flight(net, client)
     _kill(getattr(net, role))
