@@ -626,6 +626,15 @@ class Aggregator:
             await self.registry.set_live.remote(nid, False)
             await self.revive(nid)
 
+    async def take_out(self, node_id: str) -> None:
+        """A member's process died under a call: stop drawing it now (it comes back by
+        rejoining with fresh keys, or by answering a liveness challenge)."""
+        try:
+            await self.registry.set_live.remote(node_id, False)
+        except Exception:
+            return
+        await self.revive(node_id)
+
     async def revive(self, node_id: str) -> None:
         """Challenge a node taken out for lateness until it answers (then it is drawn again)."""
         self._reviver.revive(node_id)

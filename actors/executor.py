@@ -106,6 +106,10 @@ class NodeExecutor:
                 "ray_node": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "placement_group": ctx.get_placement_group_id()}
 
+    def public_keys(self) -> dict:
+        """The keys this process signs and opens with (a restarted node has new ones)."""
+        return {"pubkey": self.key.public, "kem_pub": self.kem.public}
+
     def _chat_template(self) -> str | None:
         """The jinja chat template the engine wraps prompts with (None: prompts go in raw)."""
         if not getattr(self.engine, "chat_template", False):

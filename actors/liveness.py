@@ -3,7 +3,9 @@
 A node slashed for a timeout (or for withholding its reveal) stops being drawn
 (protocols.settlement.effects says which). The Reviver challenges it every
 `interval_s` through the registry (protocols.liveness signs and checks the
-answers); once the node answers, the registry makes it live again.
+answers); once the node answers, the registry makes it live again. An answer under a key the registry
+does not hold means the node restarted: the registry is asked to `rejoin` it
+(which challenges the registered node for its fresh keys).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class Reviver:
                         (await self._handle(node_id)).answer_liveness.remote(nonce), self.answer_timeout_s)
                     if await self.registry.answer_liveness.remote(node_id, sig):
                         return
+                    # signed, but not by the key on record: the node restarted with fresh keys
+                    # (and its own request to rejoin failed): have the registry prove them
+                    await self.registry.rejoin.remote(node_id)
                 except Exception:  # still stalled (or gone): try again next interval
                     continue
         finally:

@@ -85,6 +85,7 @@ class ModelRegistry:
         self._subscribers: list = []
         self._subscriber_names: list[str] = []
         self.rejoining: set[str] = set()
+        self.rejoin_results: dict[str, dict] = {}  # node -> how its last rejoin ended
         self.store = open_store(store, sealed=("weights_keys",))
         if self.store is not None:
             self._load()
@@ -243,6 +244,7 @@ class ModelRegistry:
         d = asdict(rec)
         d.pop("handle")
         d["rejoining"] = node_id in self.rejoining
+        d["last_rejoin"] = self.rejoin_results.get(node_id)
         d["attestation"] = {k: v for k, v in rec.attestation.items() if k != "evidence"}
         return d
 
@@ -417,47 +419,64 @@ class ModelRegistry:
         """A restarted executor lost its keys. Take it out of every draw, ask the handle
         registered for it (not the caller) for its new keys, and let it back only once
         they are proven: attestation evidence binding them (attested networks; the
-        model's weights key is released again), else a liveness answer under them."""
-        from protocols import liveness
-        from protocols.errors import MessageError
-
+        model's weights key is released again), else a liveness answer under them.
+        A call that fails (the node is still starting, or died again) is tried again a
+        few times; a proof that fails is final until the next request to rejoin."""
         rec = self._node(node_id)
         if node_id in self.rejoining:
             return {"node_id": node_id, "rejoined": False, "reason": "already rejoining"}
         self.rejoining.add(node_id)
         try:
-            rec.live, rec.attested, rec.attested_until = False, False, 0.0
-            await self._changed([node_id])
-            if rec.handle is None:
-                rec.handle = _actor(rec.handle_name)
-            info = await rec.handle.ready.remote()
-            pub, kem_pub = bytes(info["pubkey"]), bytes(info["kem_pub"])
-            if info["node_id"] != node_id or dict(info["fingerprint"]).get("model_hash") != \
-                    self.models[rec.model_id].model_hash:
-                raise ModelHashMismatch(f"{node_id} came back with other weights")
-            if any(n.pubkey == pub for n in self.nodes.values() if n.node_id != node_id):
-                raise DuplicateNode("another node already uses this public key")
-            if self.policy is not None:
-                res = await self._admit_evidence(rec, await rec.handle.attest.remote(self.challenge(node_id)),
-                                                 pub, kem_pub)
-                if not res["ok"]:
-                    return {"node_id": node_id, "rejoined": False, "reason": res["reason"]}
-                if rec.model_id in self._weight_keys:
-                    await rec.handle.unlock.remote(_self_handle())
-            else:
-                nonce = os.urandom(32)
+            for attempt in range(6):
                 try:
-                    liveness.check(pub, node_id, nonce, await rec.handle.answer_liveness.remote(nonce))
-                except MessageError:
-                    return {"node_id": node_id, "rejoined": False, "reason": "the liveness answer is not "
-                                                                               "signed by the new key"}
-                rec.pubkey, rec.kem_pub = pub, kem_pub
-                rec.epoch += 1
-            rec.live = liveness.may_return(rec.stake, self.min_stake)
-            await self._changed([node_id])
-            return {"node_id": node_id, "rejoined": rec.live, "epoch": rec.epoch}
+                    got = await self._rejoin(rec)
+                    break
+                except Exception as exc:
+                    got = {"node_id": node_id, "rejoined": False, "reason": f"{type(exc).__name__}: {exc}"[:300]}
+                    await asyncio.sleep(min(8.0, 0.5 * 2 ** attempt))
         finally:
             self.rejoining.discard(node_id)
+        self.rejoin_results[node_id] = got
+        return got
+
+    async def _rejoin(self, rec: NodeRecord) -> dict:
+        from protocols import liveness
+        from protocols.errors import MessageError
+
+        node_id = rec.node_id
+        if rec.handle is None:
+            rec.handle = _actor(rec.handle_name)
+        keys = await rec.handle.public_keys.remote()
+        if bytes(keys["pubkey"]) == rec.pubkey and bytes(keys["kem_pub"]) == rec.kem_pub:
+            return {"node_id": node_id, "rejoined": rec.live, "reason": "its keys are the ones on record"}
+        rec.live, rec.attested, rec.attested_until = False, False, 0.0  # out of every draw until proven
+        await self._changed([node_id])
+        info = await rec.handle.ready.remote()
+        pub, kem_pub = bytes(info["pubkey"]), bytes(info["kem_pub"])
+        if info["node_id"] != node_id or dict(info["fingerprint"]).get("model_hash") != \
+                self.models[rec.model_id].model_hash:
+            raise ModelHashMismatch(f"{node_id} came back with other weights")
+        if any(n.pubkey == pub for n in self.nodes.values() if n.node_id != node_id):
+            raise DuplicateNode("another node already uses this public key")
+        if self.policy is not None:
+            res = await self._admit_evidence(rec, await rec.handle.attest.remote(self.challenge(node_id)),
+                                             pub, kem_pub)
+            if not res["ok"]:
+                return {"node_id": node_id, "rejoined": False, "reason": res["reason"]}
+            if rec.model_id in self._weight_keys:
+                await rec.handle.unlock.remote(_self_handle())
+        else:
+            nonce = os.urandom(32)
+            try:
+                liveness.check(pub, node_id, nonce, await rec.handle.answer_liveness.remote(nonce))
+            except MessageError:
+                return {"node_id": node_id, "rejoined": False, "reason": "the liveness answer is not "
+                                                                           "signed by the new key"}
+            rec.pubkey, rec.kem_pub = pub, kem_pub
+            rec.epoch += 1
+        rec.live = liveness.may_return(rec.stake, self.min_stake)
+        await self._changed([node_id])
+        return {"node_id": node_id, "rejoined": rec.live, "epoch": rec.epoch}
 
 
 def _record_row(rec: NodeRecord) -> dict:

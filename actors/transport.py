@@ -72,7 +72,9 @@ class Direct:
             res = await ref
         except asyncio.CancelledError:
             return
-        except Exception:  # an error counts as no answer
+        except Exception as exc:  # an error counts as no answer
+            if _process_died(exc):  # not drawn again until it is back under proven keys
+                spawn(self.agg._tasks, self.agg.take_out(nid))
             await self.agg.member_failed(live, nid)
             return
         if isinstance(res, dict) and "refusal" in res:
@@ -176,6 +178,12 @@ class Obfuscated(Direct):
 
     def close(self, live) -> None:
         return None
+
+
+def _process_died(exc: BaseException) -> bool:
+    import ray
+
+    return isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
 
 
 def _cancel(ref) -> None:
