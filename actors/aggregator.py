@@ -141,7 +141,7 @@ class Aggregator:
                 if outcome is not None:
                     await self._finalize(live, outcome)
                 else:
-                    await self._run(live, self._step(live, "abort", RESTARTED))
+                    await self._run(live, self._end_rebuilt(live))
             except Exception as exc:  # never leave escrow behind: refund at least
                 await self._refund_lost(rid, meta, exc)
         try:
@@ -169,7 +169,7 @@ class Aggregator:
             if kind == "rnd":
                 try:
                     acts = getattr(rnd, args[0])(*args[1:])
-                except MessageError:
+                except VerinferError:  # refused then too (late, out of stage): the same now
                     continue
                 for a in acts:
                     if isinstance(a, Finalize):
@@ -187,6 +187,12 @@ class Aggregator:
                 live.coin = args[0]
         return live, (outcome if rnd.done else None)
 
+    def _end_rebuilt(self, live: Live) -> list:
+        """End a rebuilt round now: unresolved, refunded. (A round whose whole stage was
+        gone, waiting for a draw, cannot be aborted: the evidence decides it. Then the
+        recovery refunds it without a receipt, see `_refund_lost`.)"""
+        return self._step(live, "abort", RESTARTED)
+
     async def _refund_lost(self, rid: str, meta: dict, exc: Exception) -> None:
         req = admission.Request.parse(meta["request"])
         try:
@@ -195,6 +201,9 @@ class Aggregator:
             pass  # already settled (by the round itself): nothing is held for it
         self.journal.close(rid, {"error": f"{RESTARTED} ({type(exc).__name__}: {exc})",
                                  "error_type": "VerinferError"})
+        live = self.rounds.pop(rid, None)
+        if live is not None and not live.final.done():
+            live.final.set_exception(VerinferError(f"{RESTARTED} ({type(exc).__name__}: {exc})"))
 
     def _step(self, live: Live, name: str, *args) -> list:
         """A call into the round, journaled first (a rebuilt round replays exactly these)."""

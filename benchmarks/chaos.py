@@ -49,6 +49,12 @@ def _pid(handle, timeout: float = 30.0) -> int:
     return ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=timeout)
 
 
+def _why(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    lines = [ln for ln in str(cause).splitlines() if ln.strip()]
+    return f"{type(cause).__name__}: {lines[-1][:200] if lines else ''}"
+
+
 async def _caller(client, prompts: asyncio.Queue, outcomes: dict, max_tokens: int, n: int):
     while True:
         try:
@@ -60,14 +66,14 @@ async def _caller(client, prompts: asyncio.Queue, outcomes: dict, max_tokens: in
         try:
             h = await client.submit_raw(raw, f"chaos request {i}")
         except Exception as exc:  # refused at admission / draw: nothing may have been charged
-            outcomes[rid] = {"stage": "submit", "error": f"{type(exc).__name__}: {str(exc)[:160]}", "t": t0}
+            outcomes[rid] = {"stage": "submit", "error": _why(exc), "t": t0}
             continue
         try:
             res = await h.result(timeout=120)
             outcomes[rid] = {"stage": "final", "status": res.status, "t": t0, "latency_s": time.time() - t0,
                              "shard": h.submitted.get("shard")}
         except Exception as exc:
-            outcomes[rid] = {"stage": "result", "error": f"{type(exc).__name__}: {str(exc)[:160]}", "t": t0}
+            outcomes[rid] = {"stage": "result", "error": _why(exc), "t": t0}
 
 
 async def _chaos(net, rng: random.Random, interval_s: float, stop: asyncio.Event, kills: list, probe_client,
