@@ -200,7 +200,7 @@ class Aggregator:
         except Exception:
             pass  # already settled (by the round itself): nothing is held for it
         self.journal.close(rid, {"error": f"{RESTARTED} ({type(exc).__name__}: {exc})",
-                                 "error_type": "VerinferError"})
+                                 "error_type": "VerinferError", "request": meta["request"]})
         live = self.rounds.pop(rid, None)
         if live is not None and not live.final.done():
             live.final.set_exception(VerinferError(f"{RESTARTED} ({type(exc).__name__}: {exc})"))
@@ -294,7 +294,8 @@ class Aggregator:
                 _raise_group_error(await self.ledger.escrow.remote(rid, req.client_id, amount))
             except BaseException:
                 if self.journal is not None:  # nothing was escrowed: the round never existed
-                    self.journal.close(rid, {"error": "escrow refused", "error_type": "VerinferError"})
+                    self.journal.close(rid, {"error": "escrow refused", "error_type": "VerinferError",
+                                             "request": req.raw})
                 raise
         except BaseException as exc:
             self.guard.forget(rid)
