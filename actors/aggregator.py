@@ -678,8 +678,7 @@ class Aggregator:
                "branch": outcome.branch, "methods": dict(live.methods), "messages": dict(live.msgs),
                "timings": dict(live.timings, submitted=live.submitted_at)}
         if self.journal is not None:
-            self.journal.close(rnd.request_id, dict(fin, request=live.request.raw))
-            self.journal.store.put("meta", "counters", self.counters)
+            self.journal.close(rnd.request_id, dict(fin, request=live.request.raw), counters=self.counters)
         live.final.set_result(fin)
         await self._ended(live)
         live.transport.close(live)

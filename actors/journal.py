@@ -10,8 +10,9 @@ restarted shard does for each open round before it either finishes it
 receipt) or ends it unresolved with the escrow refunded.
 
 Durability points, each before the effect it guards:
-- `open` is written before the client's escrow is taken (so escrow is never
-  held by a round nobody knows of);
+- `open` is written before the client's escrow is taken, synced to disk like
+  the ledger's writes (so escrow is never held by a round nobody knows of,
+  even after a power loss);
 - `flush` runs before every settlement (so what was settled can be rebuilt);
 - events in between are group-committed once per event-loop turn.
 Once a round ends, its final answer replaces the events (`close`); finals are
@@ -39,7 +40,7 @@ class Journal:
     def open(self, request_id: str, meta: dict) -> None:
         """Durable now: the round exists (before any money moves for it)."""
         self._seq[request_id] = 0
-        self.flush(extra=[("open", request_id, meta), ("spent", request_id, 1)])
+        self.flush(extra=[("open", request_id, meta), ("spent", request_id, 1)], sync=True)
 
     def event(self, request_id: str, kind: str, *args: Any) -> None:
         if request_id not in self._seq:
@@ -53,17 +54,18 @@ class Journal:
             except RuntimeError:
                 self.flush()
 
-    def flush(self, extra: list = ()) -> None:
+    def flush(self, extra: list = (), sync: bool = False) -> None:
         rows, self._buffer, self._flush_scheduled = self._buffer + list(extra), [], False
-        self.store.put_many(rows)
+        self.store.put_many(rows, sync=sync)
 
-    def close(self, request_id: str, final: dict) -> None:
-        """The round ended: keep its final answer, drop its events."""
+    def close(self, request_id: str, final: dict, counters: dict | None = None) -> None:
+        """The round ended: keep its final answer (and the shard's counters), drop its events."""
         n = self._seq.pop(request_id, None)
         self.flush()
         deletes = [("open", request_id)]
         deletes += [("events", f"{request_id}/{i:08d}") for i in range(1, (n or self._stored_events(request_id)) + 1)]
-        self.store.put_many([("final", request_id, final)], deletes)
+        rows = [("final", request_id, final)] + ([("meta", "counters", counters)] if counters is not None else [])
+        self.store.put_many(rows, deletes)
         self._prune()
 
     def adopt(self, request_id: str, events: int) -> None:

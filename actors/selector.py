@@ -65,6 +65,9 @@ class QuorumSelector:
         if self.store is None:
             return
         rows = [("draws", request_id, {"records": self.records[request_id], "drawn_at": self._drawn_at[request_id]})]
+        if request_id in self.owners and request_id not in self._owners_saved:
+            rows.append(("owners", request_id, self.owners[request_id]))
+            self._owners_saved.add(request_id)
         if request_id in self.coins:
             rows.append(("coins", request_id, list(self.coins[request_id])))
         self.store.put_many(rows)
@@ -139,9 +142,7 @@ class QuorumSelector:
         held = self.owners.setdefault(request_id, owner)
         if held != owner:
             raise ReplayedMessage(f"request {request_id} is already served by another aggregator shard")
-        if self.store is not None and held == owner and request_id not in self._owners_saved:
-            self.store.put("owners", request_id, owner)
-            self._owners_saved.add(request_id)
+        # (saved with the draw record, in one write: see _save_draws)
 
     def _with_coin(self, request_id: str, record: dict) -> dict:
         if request_id in self.coins:

@@ -2,8 +2,10 @@
 
 Every restartable control-plane actor (registry, selector, aggregator shards)
 keeps what it must not lose here, and reloads it in `__init__` when Ray
-restarts it (the ledger has its own store with the same discipline: WAL,
-synchronous=FULL, a write returns only after COMMIT).
+restarts it. A write returns only after COMMIT (WAL): every write survives a
+kill -9 of the process, and writes made with sync=True (the journal's record of
+a round, before its escrow is taken) also survive a power loss, like every
+ledger write (the ledger has its own store, synchronous=FULL throughout).
 
 Values are msgpack. Tables named in `sealed` hold secrets (obfuscation
 mappings, weights keys, prompts waiting for their tickets): their values are
@@ -38,7 +40,10 @@ class Store:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # NORMAL in WAL mode: a commit is in the OS before the call returns, so it survives a
+        # kill -9 of the process; only a power loss can drop the last commits. Writes that
+        # guard money pass sync=True (FULL: on disk, with every commit before them).
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         self._sealed = frozenset(sealed)
         if self._sealed and not secret:
@@ -72,11 +77,21 @@ class Store:
     def put(self, tbl: str, k: str, value: Any) -> None:
         self.put_many([(tbl, k, value)])
 
-    def put_many(self, rows: Iterable[tuple[str, str, Any]], deletes: Iterable[tuple[str, str]] = ()) -> None:
+    def put_many(self, rows: Iterable[tuple[str, str, Any]], deletes: Iterable[tuple[str, str]] = (),
+                 sync: bool = False) -> None:
         rows = [(t, str(k), self._encode(t, str(k), v)) for t, k, v in rows]
         deletes = [(t, str(k)) for t, k in deletes]
         if not rows and not deletes:
             return
+        if sync:
+            self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            self._write(rows, deletes)
+        finally:
+            if sync:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def _write(self, rows: list, deletes: list) -> None:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             if rows:
