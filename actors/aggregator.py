@@ -27,7 +27,9 @@ Why over 400 lines: it is the one place that turns every kind of member message
 events and every round action into calls, and those directions share the
 per-round state (Live) and its futures. Transports (actors/transport.py),
 liveness (actors/liveness.py) and every rule (protocols/: admission, decision,
-settlement, streams, ...) already live elsewhere; what is left is that glue.
+settlement, streams, ...) already live elsewhere; what is left is that glue,
+plus recovery (rebuilding open rounds from the journal), which has to create the
+same per-round state and feed it to the same `_run` / `_finalize`.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ worker thread (determinism), hands the output back with a signed commitment,
 and opens the commitment only when the aggregator asks for the reveal.
 
 `behaviour` makes a node misbehave for experiments; see BEHAVIOURS.
+
+Why over 400 lines: one actor holds one node's keys (current, next, previous
+epoch) and every way work reaches it — direct calls, sealed tickets, streamed
+chunks, liveness and attestation challenges, rejoining after a restart — and
+all of them sign with those keys; the rules they follow are in protocols/.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ A restarted executor has lost its keys: it asks to `rejoin`, and stays out of
 every draw until the registry has challenged the handle registered for it
 (never the caller) and the answer proves the fresh keys: attestation evidence
 binding them where the network attests, a signed liveness answer otherwise.
+
+Why over 400 lines: node records, their attestation, liveness and rejoin all
+change the same records, which must be persisted and pushed to subscribers in
+the same step; the verification rules themselves live in protocols/.
 """
 
 from __future__ import annotations

@@ -99,14 +99,19 @@ class Aggregators:
         """Pipelined: every request to its shard at once, then the ones whose shard is gone again."""
         rids = [messages.open_envelope(raw, "request").request_id for raw, _ in items]
         refs = [self.for_request(rid).submit.remote(raw, p) for rid, (raw, p) in zip(rids, items)]
+        try:
+            subs = ray.get(refs)  # one wait for all; only a dead shard sends us round again
+        except ray.exceptions.ActorDiedError:
+            subs = [None] * len(refs)
         out = []
-        for rid, (raw, p), ref in zip(rids, items, refs):
-            try:
-                sub = ray.get(ref)
-                self.accepted(rid, sub.get("shard", self.order(rid)[0]))
-            except ray.exceptions.ActorDiedError:
-                self._dead.add(self.order(rid)[0])
-                sub = self.submit_sync(raw, p)
+        for rid, (raw, p), ref, sub in zip(rids, items, refs, subs):
+            if sub is None:
+                try:
+                    sub = ray.get(ref)
+                except ray.exceptions.ActorDiedError:
+                    self._dead.add(self.order(rid)[0])
+                    sub = self.submit_sync(raw, p)
+            self.accepted(rid, sub.get("shard", self.order(rid)[0]))
             out.append(sub)
         return out
 
