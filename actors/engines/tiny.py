@@ -25,10 +25,10 @@ from safetensors.torch import load_file, save_file
 from protocols.errors import ModelHashMismatch, ModelLocked, PromptTooLarge
 from protocols.params import SamplingParams
 
-from . import decoding
+from . import batching, decoding
 from .base import HONEST, Generation
 
-ENGINE_VERSION = "tiny-1"
+ENGINE_VERSION = "tiny-2"  # 2: KV cache, batch-invariant fixed-row decode
 EOS = 256
 VOCAB = 257
 
@@ -59,8 +59,9 @@ class TinyTransformer(torch.nn.Module):
         self.ln_f = torch.nn.LayerNorm(d)
         self.head = torch.nn.Linear(d, VOCAB, bias=False)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids: (T,) -> logits (T, VOCAB)."""
+    def forward(self, ids: torch.Tensor, cache: list | None = None, last_only: bool = False) -> torch.Tensor:
+        """ids: (T,) -> logits (T, VOCAB) (or (1, VOCAB) with last_only). A `cache` list
+        gets each layer's keys and values, (heads, T, head dim) each."""
         t = ids.shape[0]
         h_, d = self.cfg.n_heads, self.cfg.d_model
         x = self.tok(ids) + self.pos(torch.arange(t))
@@ -68,10 +69,34 @@ class TinyTransformer(torch.nn.Module):
         for b in self.blocks:
             q, k, v = b["qkv"](b["ln1"](x)).split(d, dim=-1)
             q, k, v = (z.view(t, h_, d // h_).transpose(0, 1) for z in (q, k, v))
+            if cache is not None:
+                cache.append((k, v))
             att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d // h_) + mask, dim=-1)
             x = x + b["proj"]((att @ v).transpose(0, 1).reshape(t, d))
             x = x + b["down"](torch.nn.functional.gelu(b["up"](b["ln2"](x))))
-        return self.head(self.ln_f(x))
+        return self.head(self.ln_f(x[-1:] if last_only else x))
+
+    def decode_rows(self, ids: torch.Tensor, positions: torch.Tensor, caches: list[list]) -> torch.Tensor:
+        """One decode step on a fixed number of rows (ids, positions: (R,)); the first
+        len(caches) rows are real sequences, each attending over its own cache (which
+        grows by one). Returns logits (len(caches), VOCAB). See engines.batching."""
+        rows, n = ids.shape[0], len(caches)
+        h_, d = self.cfg.n_heads, self.cfg.d_model
+        hd = d // h_
+        x = self.tok(ids) + self.pos(positions)
+        for li, b in enumerate(self.blocks):
+            q, k, v = b["qkv"](b["ln1"](x)).split(d, dim=-1)
+            att = torch.zeros(rows, d)
+            for i, cache in enumerate(caches):
+                ks, vs = cache[li]
+                ks = torch.cat([ks, k[i].view(h_, 1, hd)], dim=1)
+                vs = torch.cat([vs, v[i].view(h_, 1, hd)], dim=1)
+                cache[li] = (ks, vs)
+                w = torch.softmax(q[i].view(h_, 1, hd) @ ks.transpose(1, 2) / math.sqrt(hd), dim=-1)
+                att[i] = (w @ vs).reshape(d)
+            x = x + b["proj"](att)
+            x = x + b["down"](torch.nn.functional.gelu(b["up"](b["ln2"](x))))
+        return self.head(self.ln_f(x))[:n]
 
 
 def build_model(cfg: TinyConfig) -> TinyTransformer:
@@ -126,15 +151,18 @@ class TinyEngine:
 
     def __init__(self, cache_dir: str | None = None, threads: int = 1, max_prompt_tokens: int = 512,
                  expected_hash: str | None = None, fixed_cost_s: float = 0.0, encrypted_path: str | None = None,
-                 model_id: str = "tiny", **cfg: Any):
+                 model_id: str = "tiny", batch_rows: int = batching.DEFAULT_ROWS, **cfg: Any):
         self.cfg = TinyConfig(**cfg)
         self.cache_dir = cache_dir
         self.threads = threads
         self.max_prompt_tokens = max_prompt_tokens
         self.expected_hash = expected_hash
-        self.fixed_cost_s = float(fixed_cost_s)  # benchmarks: pretend each request costs this much (CPU idle)
+        self.fixed_cost_s = float(fixed_cost_s)  # benchmarks: each request takes at least this long, CPU idle (its executor waits)
         self.encrypted_path = encrypted_path  # weights at rest: AES-256-GCM file, key released after attestation
         self.model_id = model_id
+        if not isinstance(batch_rows, int) or isinstance(batch_rows, bool) or not 1 <= batch_rows <= 256:
+            raise ValueError("batch_rows must be an integer from 1 to 256")
+        self.rows = batch_rows  # every decode step runs on exactly this many rows
         if encrypted_path and not expected_hash:
             raise ValueError("encrypted weights need expected_hash (the registered plaintext hash)")
         self.variant = HONEST
@@ -189,7 +217,8 @@ class TinyEngine:
 
     def fingerprint(self) -> dict[str, Any]:
         return {"engine": self.name, "engine_version": ENGINE_VERSION, "torch": torch.__version__,
-                "device": "cpu", "dtype": "float32", "threads": self.threads, "model_hash": self.model_hash()}
+                "device": "cpu", "dtype": "float32", "threads": self.threads,
+                "batching": batching.policy(self.rows), "model_hash": self.model_hash()}
 
     def prompt_token_ids(self, prompt: str) -> list[int]:
         ids = list(prompt.encode("utf-8"))
@@ -205,29 +234,32 @@ class TinyEngine:
         return [EOS]
 
     def generate(self, prompt: str, params: SamplingParams, on_tokens=None) -> Generation:
-        """on_tokens(tokens so far) is called after each new token (streaming)."""
+        """on_tokens(tokens so far) is called after each new token (streaming). A batch of
+        one: the same tokens as in any batch (engines.batching)."""
+        return batching.generate_alone(self, prompt, params, on_tokens)
+
+    def begin(self, prompt: str, params: SamplingParams) -> batching.Seq:
+        """Check the prompt and run its prefill alone (engines.batching)."""
         if self._model is None:
             raise RuntimeError("engine not loaded")
-        t0 = time.perf_counter()
         prompt_ids = self.prompt_token_ids(prompt)
         if len(prompt_ids) + params.max_tokens > self.cfg.max_pos:
             raise PromptTooLarge(f"prompt + max_tokens exceeds the context of {self.cfg.max_pos}")
-        gen = decoding.generator_for(params)
-        ids = list(prompt_ids)
-        out: list[int] = []
+        cache: list = []
         with torch.inference_mode():
-            for _ in range(params.max_tokens):
-                logits = self._model(torch.tensor(ids))[-1]
-                tok = decoding.pick(logits, params, gen)
-                if tok == EOS:
-                    break
-                out.append(tok)
-                ids.append(tok)
-                if on_tokens is not None:
-                    on_tokens(out)
-        if self.fixed_cost_s:
-            time.sleep(max(0.0, self.fixed_cost_s - (time.perf_counter() - t0)))
-        return Generation(out, self.detokenize(out), time.perf_counter() - t0, prompt_ids)
+            logits = self._model(torch.tensor(prompt_ids), cache=cache, last_only=True)[0]
+        return batching.Seq(params, prompt_ids, params.max_tokens, frozenset((EOS,)), cache, logits)
+
+    def decode(self, seqs: list[batching.Seq], tokens: list[int]) -> torch.Tensor:
+        pad = self.rows - len(seqs)
+        ids = torch.tensor(list(tokens) + [0] * pad)
+        positions = torch.tensor([s.position for s in seqs] + [0] * pad)
+        with torch.inference_mode():
+            return self._model.decode_rows(ids, positions, [s.cache for s in seqs])
+
+    def finish(self, seq: batching.Seq) -> Generation:
+        seq.cache = None
+        return Generation(seq.out, self.detokenize(seq.out), time.perf_counter() - seq.t0, seq.prompt_ids)
 
     def verify_prefill(self, prompt: str, params: SamplingParams, claimed: list[int],
                        tau: float = decoding.DEFAULT_TAU) -> decoding.Verdict:
