@@ -271,9 +271,6 @@ class NodeExecutor:
             else:
                 gen = await asyncio.wrap_future(self._loop.generate(prompt, params, stream))
                 self._prompt_tokens[body["request_id"]] = len(gen.prompt_token_ids)
-                floor = getattr(self.engine, "fixed_cost_s", 0.0)  # (benchmarks: a request's least time)
-                if floor > time.perf_counter() - t0:
-                    await asyncio.sleep(floor - (time.perf_counter() - t0))
                 if stream is not None:
                     await stream.close(gen.token_ids)
                 token_ids, text = gen.token_ids, gen.text

@@ -157,7 +157,7 @@ class TinyEngine:
         self.threads = threads
         self.max_prompt_tokens = max_prompt_tokens
         self.expected_hash = expected_hash
-        self.fixed_cost_s = float(fixed_cost_s)  # benchmarks: each request takes at least this long, CPU idle (its executor waits)
+        self.fixed_cost_s = float(fixed_cost_s)  # benchmarks: each request holds the engine this long more, CPU idle
         self.encrypted_path = encrypted_path  # weights at rest: AES-256-GCM file, key released after attestation
         self.model_id = model_id
         if not isinstance(batch_rows, int) or isinstance(batch_rows, bool) or not 1 <= batch_rows <= 256:
@@ -258,6 +258,8 @@ class TinyEngine:
             return self._model.decode_rows(ids, positions, [s.cache for s in seqs])
 
     def finish(self, seq: batching.Seq) -> Generation:
+        if self.fixed_cost_s:  # the engine is busy (CPU idle) this long per request, batched or not
+            time.sleep(self.fixed_cost_s)
         seq.cache = None
         return Generation(seq.out, self.detokenize(seq.out), time.perf_counter() - seq.t0, seq.prompt_ids)
 

@@ -274,3 +274,16 @@ def test_malicious_variant_differs(engine, honest_greedy, variant):
     finally:
         del bad
         gc.collect()
+
+
+def test_batched_tokens_equal_alone(engine):
+    """SmolLM2 through the engine loop, four requests in one batch: the same tokens as alone."""
+    from actors.engines.batching import Batcher
+
+    reqs = [(PROMPT, GREEDY8), (STORY, SamplingParams(max_tokens=8, temperature=1.0, seed=7)),
+            ("Name three colours.", SamplingParams(max_tokens=6)), ("Why is the sea salty?", GREEDY8)]
+    alone = [engine.generate(p, q).token_ids for p, q in reqs]
+    loop = Batcher()
+    loop.engine = engine
+    assert [f.result(timeout=300).token_ids for f in [loop.generate(p, q) for p, q in reqs]] == alone
+    assert loop.stats()["peak_rows"] == 4
