@@ -57,7 +57,7 @@ class NodeExecutor:
         self.namespace = namespace
         self.key = SigningKey(key_seed or os.urandom(32))
         self.engine = None
-        self._loop = Batcher(name=f"engine-{node_id}")  # the one thread the engine runs on
+        self._engine_loop = Batcher(name=f"engine-{node_id}")  # the one thread the engine runs on
         self.kem = KemKey(os.urandom(32))  # HPKE key: tickets (and sealed prompts) are sealed to it
         # key rotation: the next epoch's keys (attested, not yet in use) and the last epoch's
         # (requests drawn before the switch still name them)
@@ -100,7 +100,7 @@ class NodeExecutor:
                 await self._on_engine(engine.load, self._variant())
             elif hasattr(engine, "prepare"):  # encrypted weights wait for `unlock`; the rest need not
                 await self._on_engine(engine.prepare)
-            self.engine = self._loop.engine = engine
+            self.engine = self._engine_loop.engine = engine
         fp = self.engine.fingerprint()
         import ray
 
@@ -134,7 +134,7 @@ class NodeExecutor:
 
     def _on_engine(self, fn, *args, **kw):
         """Run engine work on the engine loop's thread, between decode steps."""
-        return asyncio.wrap_future(self._loop.call(fn, *args, **kw))
+        return asyncio.wrap_future(self._engine_loop.call(fn, *args, **kw))
 
     def attest(self, nonce: bytes) -> bytes:
         """Evidence binding this node's current keys and the verifier's nonce."""
@@ -219,7 +219,7 @@ class NodeExecutor:
 
     def stats(self) -> dict:
         return {"node_id": self.node_id, "executed": self._executed, "behaviour": self.behaviour,
-                "batching": self._loop.stats()}
+                "batching": self._engine_loop.stats()}
 
     # --- protocol
     def _check_request(self, request_raw: bytes, prompt) -> tuple[admission.Request, str]:
@@ -269,7 +269,7 @@ class NodeExecutor:
             if verdict is not None and verdict.accepted:
                 token_ids, text, method = list(claimed), self._detokenize(list(claimed)), "prefill"
             else:
-                gen = await asyncio.wrap_future(self._loop.generate(prompt, params, stream))
+                gen = await asyncio.wrap_future(self._engine_loop.generate(prompt, params, stream))
                 self._prompt_tokens[body["request_id"]] = len(gen.prompt_token_ids)
                 if stream is not None:
                     await stream.close(gen.token_ids)

@@ -58,6 +58,7 @@ class Seq:
     on_tokens: Callable | None = None
     t0: float = field(default_factory=time.perf_counter)
     done: bool = False
+    error: BaseException | None = None  # what ended this request alone (its neighbours go on)
 
     @property
     def position(self) -> int:
@@ -88,13 +89,18 @@ def step(engine: Batchable, active: list[Seq]) -> None:
     """Pick each sequence's next token, then one batched decode for those that go on."""
     going, tokens = [], []
     for s in active:
-        tid = decoding.pick(s.logits, s.params, s.gen)
+        try:  # one request's sampling or stream failing must not end its neighbours
+            tid = decoding.pick(s.logits, s.params, s.gen)
+            if tid not in s.stop_ids:
+                s.out.append(tid)
+                if s.on_tokens is not None:
+                    s.on_tokens(s.out)
+        except Exception as exc:
+            s.error, s.done = exc, True
+            continue
         if tid in s.stop_ids:
             s.done = True
             continue
-        s.out.append(tid)
-        if s.on_tokens is not None:
-            s.on_tokens(s.out)
         if len(s.out) >= s.budget:
             s.done = True
             continue
@@ -111,6 +117,8 @@ def generate_alone(engine: Batchable, prompt: str, params, on_tokens=None) -> Ge
     seq = start(engine, prompt, params, on_tokens)
     while not seq.done:
         step(engine, [seq])
+    if seq.error is not None:
+        raise seq.error
     return engine.finish(seq)
 
 
@@ -194,6 +202,9 @@ class Batcher:
         for pair in [p for p in active if p[0].done]:
             active.remove(pair)
             seq, fut = pair
+            if seq.error is not None:
+                fut.set_exception(seq.error)
+                continue
             try:
                 fut.set_result(self.engine.finish(seq))
             except BaseException as exc:

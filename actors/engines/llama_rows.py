@@ -37,10 +37,6 @@ class LlamaRows:
         self.group = self.n_heads // self.n_kv
         self.scaling = self.head_dim ** -0.5
 
-    def _rope(self, x: torch.Tensor, positions: torch.Tensor):
-        cos, sin = self.model.model.rotary_emb(x, positions)
-        return cos, sin
-
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
         """q: (heads, T, d); k, v: (kv heads, S, d) -> (T, heads * d)."""
         k = k.repeat_interleave(self.group, dim=0)
@@ -55,7 +51,7 @@ class LlamaRows:
         m = self.model.model
         t = len(ids)
         x = m.embed_tokens(torch.tensor(ids, dtype=torch.long))  # (T, hidden)
-        cos, sin = self._rope(x, torch.arange(t)[None])
+        cos, sin = m.rotary_emb(x, torch.arange(t)[None])
         cos, sin = cos[0][None], sin[0][None]  # (1, T, d): broadcast over heads
         mask = torch.full((t, t), float("-inf"), dtype=x.dtype).triu(1)
         for layer in self.layers:
@@ -83,7 +79,7 @@ class LlamaRows:
         """One step: the first len(caches) of `rows` rows are real; each cache grows by one."""
         m, n, pad = self.model.model, len(caches), self.rows - len(caches)
         x = m.embed_tokens(torch.tensor(list(tokens) + [0] * pad, dtype=torch.long))  # (R, hidden)
-        cos, sin = self._rope(x, torch.tensor(list(positions) + [0] * pad)[:, None])  # (R, 1, d)
+        cos, sin = m.rotary_emb(x, torch.tensor(list(positions) + [0] * pad)[:, None])  # (R, 1, d)
         for li, layer in enumerate(self.layers):
             a = layer.self_attn
             h = layer.input_layernorm(x)

@@ -509,11 +509,6 @@ class SmolLM2Engine:
         return Generation(token_ids=seq.out, text=self._tok.decode(seq.out, skip_special_tokens=True),
                           engine_seconds=time.perf_counter() - seq.t0, prompt_token_ids=seq.prompt_ids)
 
-    @staticmethod
-    def _choose(logits, params, gen) -> int:
-        """Seeded sampling step: the shared rule of engines.decoding (inverse CDF)."""
-        return decoding.pick(logits, params, gen)
-
     def detokenize(self, token_ids: list[int]) -> str:
         self._require_loaded()
         return self._tok.decode(list(token_ids), skip_special_tokens=True)

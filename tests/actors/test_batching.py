@@ -90,3 +90,36 @@ def test_batching_policy_is_part_of_the_determinism_class():
     assert class_id(a.fingerprint()) != class_id(b.fingerprint())
     with pytest.raises(ValueError):
         TinyEngine(batch_rows=0)
+
+
+def test_a_requests_logits_do_not_depend_on_its_neighbours(engine):
+    """The guarantee under the tokens: the same bits alone, in any slot, beside anyone.
+    (A neighbour that could move a request's logits could flip a near-tie token and
+    send an honest node to the referees.)"""
+    import torch
+
+    params = SamplingParams(max_tokens=4)
+    target = batching.start(engine, "the request under test", params)
+    alone = engine.decode([target], [65])[0].clone()
+    for slot in range(engine.rows):
+        others = [batching.start(engine, f"neighbour {j} " * (j + 1), params) for j in range(engine.rows - 1)]
+        seqs = others[:slot] + [batching.start(engine, "the request under test", params)] + others[slot:]
+        toks = [66 + j for j in range(slot)] + [65] + [66 + j for j in range(slot, engine.rows - 1)]
+        assert torch.equal(engine.decode(seqs, toks)[slot], alone), f"slot {slot} changed the logits"
+
+
+def test_a_request_that_fails_mid_decode_does_not_end_its_neighbours(engine):
+    """A client cannot sink the other requests sharing a node's batch (their nodes would
+    then miss deadlines and be slashed): only the failing request fails."""
+    def broken_stream(tokens):
+        if len(tokens) == 3:
+            raise ConnectionError("the stream of this request broke")
+
+    params = SamplingParams(max_tokens=12)
+    want = engine.generate("neighbour", params).token_ids
+    loop = _loop(engine)
+    good = [loop.generate("neighbour", params) for _ in range(4)]
+    bad = loop.generate("the one that breaks", params, broken_stream)
+    with pytest.raises(ConnectionError):
+        bad.result(timeout=30)
+    assert [f.result(timeout=30).token_ids for f in good] == [want] * 4
