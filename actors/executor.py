@@ -56,7 +56,6 @@ class NodeExecutor:
         self.aggregator_names = [aggregator_name] if isinstance(aggregator_name, str) else list(aggregator_name or [])
         self.namespace = namespace
         self.key = SigningKey(key_seed or os.urandom(32))
-        self.engine = None
         self._engine_loop = Batcher(name=f"engine-{node_id}")  # the one thread the engine runs on
         self.kem = KemKey(os.urandom(32))  # HPKE key: tickets (and sealed prompts) are sealed to it
         # key rotation: the next epoch's keys (attested, not yet in use) and the last epoch's
@@ -100,7 +99,7 @@ class NodeExecutor:
                 await self._on_engine(engine.load, self._variant())
             elif hasattr(engine, "prepare"):  # encrypted weights wait for `unlock`; the rest need not
                 await self._on_engine(engine.prepare)
-            self.engine = self._engine_loop.engine = engine
+            self.engine = engine
         fp = self.engine.fingerprint()
         import ray
 
@@ -131,6 +130,15 @@ class NodeExecutor:
         info = sealing.weights_key_info(self.engine.model_id, self.node_id)
         self._weights_key = self._open_sealed(lambda kem: kem.open(sealed, info))
         await self._on_engine(self.engine.load, self._variant(), weights_key=self._weights_key)
+
+    @property
+    def engine(self):
+        """The loaded engine (None before `describe`); the engine loop is the one place it lives."""
+        return self._engine_loop.engine
+
+    @engine.setter
+    def engine(self, engine) -> None:
+        self._engine_loop.engine = engine
 
     def _on_engine(self, fn, *args, **kw):
         """Run engine work on the engine loop's thread, between decode steps."""

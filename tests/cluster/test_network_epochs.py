@@ -36,7 +36,7 @@ def nodes(net) -> dict[str, dict]:
 def test_keys_rotate_every_epoch_while_tee_requests_keep_finalizing(epoch_net):
     client = epoch_net.client()
     before = nodes(epoch_net)
-    seen_keys = {nid: {n["pubkey"]} for nid, n in before.items()}
+    seen = {nid: {n["epoch"]: n["pubkey"]} for nid, n in before.items()}  # node -> epoch -> key
     results = []
     give_up = time.time() + 60 * EPOCH_S  # only a guard against a hang: we wait for events, not a clock
 
@@ -49,7 +49,7 @@ def test_keys_rotate_every_epoch_while_tee_requests_keep_finalizing(epoch_net):
     def watch() -> None:  # every key each node holds, however slow the requests are under load
         while not done.is_set():
             for nid, n in nodes(epoch_net).items():
-                seen_keys[nid].add(n["pubkey"])
+                seen[nid][n["epoch"]] = n["pubkey"]
             time.sleep(0.1)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -66,7 +66,12 @@ def test_keys_rotate_every_epoch_while_tee_requests_keep_finalizing(epoch_net):
         watcher.join()
     after = nodes(epoch_net)
     assert all(after[n]["epoch"] >= before[n]["epoch"] + 2 for n in after)  # renewed, every epoch
-    assert all(len(keys) >= 3 for keys in seen_keys.values())  # with fresh keys each time
+    for nid, n in after.items():
+        seen[nid][n["epoch"]] = n["pubkey"]
+    # with a fresh key each time: no key serves two epochs (a poll may miss an epoch under load,
+    # so the claim is about every epoch observed, the first and the last at least)
+    for nid, keys in seen.items():
+        assert len(keys) >= 2 and len(set(keys.values())) == len(keys), (nid, keys)
     assert all(after[n]["attestation"]["reason"] == "ok" for n in after)
     assert results and all(r.status == "final" and not r.summary.slashed for r in results)
     roots = trust_roots(epoch_net)
