@@ -44,8 +44,10 @@ from typing import Any
 
 from actors import transport
 from actors.background import spawn
+from actors.clock import Clock
 from actors.journal import SEALED as JOURNAL_SEALED, Journal
 from actors.liveness import Reviver
+from actors.outbox import Outbox, answer_each
 from actors.store import open_store
 from protocols import admission, commitments, crossval, messages, modes, obfuscation, receipts, settlement, streams
 from protocols.admission import Limits
@@ -77,7 +79,6 @@ class Live:
     calls: dict[str, Any] = field(default_factory=dict)
     first: asyncio.Future = None
     final: asyncio.Future = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
     timings: dict[str, float] = field(default_factory=dict)
     p: float = 0.0  # cross-validation check probability
     coin: dict | None = None  # cross-validation: the opened coin, for the receipt
@@ -121,6 +122,12 @@ class Aggregator:
                                 self.limits.reveal_timeout_s, self._tasks)
         self._finished: collections.deque = collections.deque()  # eviction order of finished rounds
         self._direct, self._obfuscated = transport.Direct(self), transport.Obfuscated(self)
+        # batch-shaped calls: what this shard sends the ledger or the selector in one tick is one call
+        most = self.limits.max_batch_calls
+        self.outbox = {"escrow": Outbox(lambda items: self.ledger.escrow_many.remote(items), most),
+                       "settle": Outbox(lambda items: self.ledger.settle_many.remote(items), most),
+                       "draw": Outbox(lambda items: self.selector.draw_many.remote(items), most)}
+        self.deadlines = Clock(self._tick)  # one deadline heap for every open round
         self.counters = {"submitted": 0, "final": 0, "resolved": 0, "unresolved": 0, "failed": 0, "messages": 0,
                          "recovered": 0}
         self.shard = int(shard)
@@ -293,7 +300,7 @@ class Aggregator:
                                                   "verifiers": req.n if cv else 0}})
                 self.journal.flush()
             try:
-                _raise_group_error(await self.ledger.escrow.remote(rid, req.client_id, amount))
+                _raise_group_error(await self.outbox["escrow"].call((rid, req.client_id, amount)))
             except BaseException:
                 if self.journal is not None:  # nothing was escrowed: the round never existed
                     self.journal.close(rid, {"error": "escrow refused", "error_type": "VerinferError",
@@ -309,12 +316,20 @@ class Aggregator:
         live.det_class = draw["det_class"]
         self.counters["submitted"] += 1
         await self._run(live, self._step(live, "start", draw["selected"], draw["keys"], time.time()))
-        spawn(self._tasks, self._clock(live))
         # (returning the executors' ObjectRefs here would let the client race them directly,
         # but handing out borrowed refs costs ~4 ms per submit here: the aggregator's
         # first_output is the faster path)
         return {"request_id": rid, "quorum_size": len(draw["selected"]), "det_class": draw["det_class"],
                 "deadline_s": adm.deadline_s, "shard": self.shard}
+
+    async def submit_many(self, items: list) -> list:
+        """`submit(request_raw, prompt)` for each item, in one call (a client's batch): one
+        entry per item, in order: what `submit` returns, or Failed(its error) alone."""
+        return await answer_each(self.submit, [tuple(item) for item in items])
+
+    async def final_many(self, request_ids: list) -> list:
+        """`final` for each request, in one call; Failed(error) for one that has none."""
+        return await answer_each(self.final, [(rid,) for rid in request_ids])
 
     async def _resubmitted(self, request_raw: bytes) -> dict | None:
         """The same signed request again, submitted to an earlier life of this shard (Ray
@@ -418,7 +433,9 @@ class Aggregator:
     def stats(self) -> dict:
         return dict(self.counters, open=sum(1 for l in self.rounds.values() if not l.round.done), shard=self.shard,
                     escrow_open=sum(l.escrowed for l in self.rounds.values() if not l.round.done),
-                    recovering=self._recovery is not None and not self._recovery.done())
+                    recovering=self._recovery is not None and not self._recovery.done(),
+                    batched=dict({k: box.stats() for k, box in self.outbox.items()}, **self._direct.stats()),
+                    deadlines={"pending": self.deadlines.pending(), "fired": self.deadlines.fired})
 
     async def health(self) -> dict:
         """Alive, recovered, and how much it holds (verinfer status)."""
@@ -457,7 +474,7 @@ class Aggregator:
                 spawn(self._tasks, self._background(live, act))
             elif isinstance(act, Finalize):
                 await self._finalize(live, act.outcome)
-        live.wake.set()
+        self.deadlines.schedule(live.round.request_id, None if live.round.done else live.round.next_deadline())
 
     async def _background(self, live: Live, act) -> None:
         try:
@@ -619,16 +636,11 @@ class Aggregator:
         live = await self._pushed(request_id, pseudonym)
         await self.member_failed(live, pseudonym)
 
-    async def _clock(self, live: Live) -> None:
-        rnd = live.round
-        while not rnd.done:
-            live.wake.clear()
-            deadline = rnd.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.time())
-            try:
-                await asyncio.wait_for(live.wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                await self._run(live, self._step(live, "on_tick", time.time()))
+    async def _tick(self, rid: str) -> None:
+        """A round's deadline came (the deadline heap calls this)."""
+        live = self.rounds.get(rid)
+        if live is not None and not live.round.done:
+            await self._run(live, self._step(live, "on_tick", time.time()))
 
     # --- the end: settle, apply its effects, sign, answer
     async def _apply(self, effects: settlement.Effects) -> None:

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from actors.engines.batching import Batcher
+from actors.outbox import answer_each
 from protocols import admission, commitments, messages, obfuscation, sealing
 from protocols.canonical import pack
 from protocols.crypto import SigningKey
@@ -350,6 +351,11 @@ class NodeExecutor:
         env = messages.seal("reveal", {"request_id": request_id, "node_id": member_id, "role": role,
                                        "commitment": commitment, "salt": salt, "nonce": os.urandom(16)}, signer)
         return env.raw
+
+    async def reveal_many(self, request_ids: list) -> list:
+        """`reveal` for each request (an aggregator shard sends one tick's reveals together);
+        one entry per id, in order: the envelope, or Failed(error) for that id alone."""
+        return await answer_each(self.reveal, [(rid,) for rid in request_ids])
 
     # --- obfuscated mode: act under a one-time key from a sealed ticket
     async def execute_ticket(self, sealed_ticket: bytes, request_raw: bytes, prompt: str,

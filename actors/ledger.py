@@ -31,6 +31,7 @@ from typing import Mapping, Sequence
 
 import msgpack
 
+from actors.outbox import answer_each
 from protocols import settlement as settle_rules
 from protocols.canonical import digest, pack
 from protocols.errors import ConfigError, LedgerError, VerinferError
@@ -446,6 +447,15 @@ class SlashingLedger:
         if econ is None:
             raise ConfigError("economics missing: pass econ= to settle or to SlashingLedger(path, econ)")
         return (await self._enqueue(_built(SettleJob, settlement, econ), None)).raise_for_error()
+
+    async def escrow_many(self, items: Sequence[tuple]) -> list:
+        """`escrow(request_id, client_id, amount)` for each item, committed as one group
+        commit; one entry per item: its result, or Failed(error) for that item alone."""
+        return await answer_each(self.escrow, items)
+
+    async def settle_many(self, settlements: Sequence[Settlement]) -> list:
+        """`settle` for each settlement (one group commit); Failed(error) for one that fails alone."""
+        return await answer_each(self.settle, [(s,) for s in settlements])
 
     async def bind_members(self, request_id: str, members: Mapping[str, settle_rules.Binding]) -> None:
         """Obfuscated rounds: the selector says which node each pseudonym pays (durable

@@ -23,6 +23,7 @@ import os
 import time
 
 from actors.background import spawn
+from actors.outbox import answer_each
 from actors.store import open_store
 from protocols import crossval, obfuscation, selection, vrf
 from protocols.canonical import pack
@@ -76,6 +77,11 @@ class QuorumSelector:
         if self._all_views is None:  # no push yet, or a delta was missed: ask once
             self.on_registry(*(await self.registry.views.remote(None)))
         return [v for v in self._all_views.values() if v.model_id == model_id], self._all_keys
+
+    async def draw_many(self, draws: list) -> list:
+        """`draw(**kw)` for each map of arguments (an aggregator shard sends one tick's draws
+        together); one entry per draw: its record, or Failed(error) for that draw alone."""
+        return await answer_each(lambda kw: self.draw(**kw), [(kw,) for kw in draws])
 
     async def draw(self, request_id: str, model_id: str, n: int, label: str = "quorum",
                    exclude: tuple[str, ...] = (), det_class: str | None = None,

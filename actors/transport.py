@@ -27,6 +27,7 @@ import asyncio
 from typing import Any
 
 from actors.background import spawn
+from actors.outbox import Outbox
 from protocols import obfuscation, settlement
 from protocols.errors import UnknownSender
 from protocols.sampling import QUORUM
@@ -37,14 +38,29 @@ class Direct:
 
     def __init__(self, agg: Any):
         self.agg = agg
+        self._reveal_boxes: dict[str, Outbox] = {}
+
+    def _reveals_to(self, nid: str) -> Outbox:
+        box = self._reveal_boxes.get(nid)
+        if box is None:
+            async def send(rids, nid=nid):
+                return await (await self.agg.handle(nid)).reveal_many.remote(rids)
+            box = self._reveal_boxes[nid] = Outbox(send, self.agg.limits.max_batch_calls)
+        return box
+
+    def stats(self) -> dict:
+        calls = sum(b.calls for b in self._reveal_boxes.values())
+        batches = sum(b.batches for b in self._reveal_boxes.values())
+        return {"reveal": {"calls": calls, "batches": batches,
+                           "per_batch": round(calls / batches, 2) if batches else 0.0}}
 
     async def draw(self, live, count: int, label: str, role: str, exclude: tuple, allow_fewer: bool = False,
                    coin: bool = False, attested: bool = False, hold: bool = False) -> dict:
         a = self.agg
-        d = await a.selector.draw.remote(live.round.request_id, live.model_id, count, label=label, exclude=exclude,
-                                         det_class=live.det_class or None, allow_fewer=allow_fewer, coin=coin,
-                                         require_attested=attested or live.require_tee, within=live.recipients,
-                                         owner=self.agg.shard)
+        d = await a.outbox["draw"].call(dict(  # with the other draws of this tick, in one call
+            request_id=live.round.request_id, model_id=live.model_id, n=count, label=label, exclude=exclude,
+            det_class=live.det_class or None, allow_fewer=allow_fewer, coin=coin,
+            require_attested=attested or live.require_tee, within=live.recipients, owner=self.agg.shard))
         live.draws.append(d)
         return d
 
@@ -56,6 +72,8 @@ class Direct:
         claimed = live.outputs[act.verify_of].get("token_ids") if act.verify_of else None
         live.msgs["dispatch"] += len(act.node_ids)
         stream = live.stream and claimed is None and act.role == QUORUM
+        # (one call per member: a streaming execute_many, answering each request as it
+        # finished, measured no faster here, since Ray reports each yielded item like a return)
         for nid in act.node_ids:
             ref = (await self.agg.handle(nid)).execute.remote(live.request.raw, live.prompt, act.role, claimed,
                                                               live.round.members[nid].key, stream, self.agg.shard)
@@ -63,9 +81,8 @@ class Direct:
             spawn(self.agg._tasks, self._await_result(live, nid, ref))
 
     async def request_reveals(self, live, member_ids) -> None:
-        for nid in member_ids:
-            ref = (await self.agg.handle(nid)).reveal.remote(live.round.request_id)
-            spawn(self.agg._tasks, self._await_reveal(live, nid, ref))
+        for nid in member_ids:  # one call per node per tick carries every reveal it owes
+            spawn(self.agg._tasks, self._await_reveal(live, nid, self._reveals_to(nid).call(live.round.request_id)))
 
     async def _await_result(self, live, nid: str, ref) -> None:
         try:
@@ -100,7 +117,7 @@ class Direct:
 
     async def settle(self, live, outcome) -> tuple[list[int], settlement.Effects]:
         s = settlement.settlement_of(outcome, live.round.request_id, live.client_id, live.escrowed)
-        result = await self.agg.ledger.settle.remote(s)
+        result = await self.agg.outbox["settle"].call(s)
         return list(result.seqs), settlement.effects(outcome, result.balances)
 
     async def selection(self, live) -> dict:

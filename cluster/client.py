@@ -120,7 +120,10 @@ class Client(ClientCore):
 
     def results(self, handles: list[RequestHandle], timeout: float | None = None) -> list[Result]:
         """Finality for many requests with one wait (receipts verified as in `result`)."""
-        finals = ray.get([self.aggregator.final.remote(h.request_id) for h in handles], timeout=timeout)
+        finals = self.aggregator.final_many([h.request_id for h in handles], timeout=timeout)
+        for fin in finals:
+            if isinstance(fin, BaseException):
+                raise fin
         return [h._complete(fin) for h, fin in zip(handles, finals)]
 
     def ledger_balances(self, prefix: str = "") -> dict[str, int]:

@@ -6,7 +6,8 @@
   {"GPU": 1, "CPU": c}: one engine, one GPU, never a hand-set CUDA_VISIBLE_DEVICES.
 - Executors of a CPU group share the cluster's *free* CPUs fractionally (or take
   the group's explicit `cpus`), so N of them fit on any machine, next to other
-  networks; their torch thread count is fixed by the config instead.
+  networks; their torch thread count is fixed by the config instead. They are
+  spread over the cluster's Ray nodes (SPREAD), not packed onto the first.
 """
 
 from __future__ import annotations
@@ -63,5 +64,6 @@ def plan(groups: list, free_cpus: float, cpus_per_gpu_executor: float = 1.0):
                     (len(pgs) - 1, i)))
         else:
             for nid in g.node_ids():
-                placements.append(ExecutorPlacement(nid, {"num_cpus": g.cpus or share}))
+                # spread over the cluster's nodes, so executors added to a cluster use its new machines
+                placements.append(ExecutorPlacement(nid, {"num_cpus": g.cpus or share, "scheduling_strategy": "SPREAD"}))
     return placements, pgs

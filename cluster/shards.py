@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 
+from actors.outbox import Failed
 from protocols import messages, shards
 
 PER_REQUEST = frozenset({"first_output", "final", "stream", "status", "public_view", "debug_state"})
@@ -95,24 +96,50 @@ class Aggregators:
         self.accepted(rid, k)
         return sub
 
+    def _by_shard(self, rids: list[str]) -> dict[int, list[int]]:
+        """Positions of `rids` grouped by the live shard each goes to."""
+        groups: dict[int, list[int]] = collections.defaultdict(list)
+        for i, rid in enumerate(rids):
+            groups[next((k for k in self.order(rid) if k not in self._dead), self.order(rid)[0])].append(i)
+        return groups
+
     def submit_many(self, items: list[tuple[bytes, Any]]) -> list[dict]:
-        """Pipelined: every request to its shard at once, then the ones whose shard is gone again."""
+        """One `submit_many` call per shard for all its requests, then the ones whose shard is
+        gone again, one by one. Raises the first request's error, like `submit` would."""
         rids = [messages.open_envelope(raw, "request").request_id for raw, _ in items]
-        refs = [self.for_request(rid).submit.remote(raw, p) for rid, (raw, p) in zip(rids, items)]
-        try:
-            subs = ray.get(refs)  # one wait for all; only a dead shard sends us round again
-        except ray.exceptions.ActorDiedError:
-            subs = [None] * len(refs)
-        out = []
-        for rid, (raw, p), ref, sub in zip(rids, items, refs, subs):
-            if sub is None:
-                try:
-                    sub = ray.get(ref)
-                except ray.exceptions.ActorDiedError:
-                    self._dead.add(self.order(rid)[0])
-                    sub = self.submit_sync(raw, p)
+        groups = self._by_shard(rids)
+        refs = {k: self.handles[k].submit_many.remote([tuple(items[i]) for i in pos]) for k, pos in groups.items()}
+        subs: list = [None] * len(items)
+        for k, pos in groups.items():
+            try:
+                answers = ray.get(refs[k])
+            except ray.exceptions.ActorDiedError:
+                self._dead.add(k)
+                answers = [self.submit_sync(*items[i]) for i in pos]
+            for i, a in zip(pos, answers):
+                subs[i] = a
+        for i, sub in enumerate(subs):  # each caller's own error, in order
+            if isinstance(sub, Failed):
+                raise sub.error
+        for rid, sub in zip(rids, subs):
             self.accepted(rid, sub.get("shard", self.order(rid)[0]))
-            out.append(sub)
+        return subs
+
+    def final_many(self, request_ids: list[str], timeout: float | None = None) -> list:
+        """`final` for each request with one call per shard; a request's own error is its entry
+        (an exception), a dead shard's requests are asked again where they went."""
+        groups = self._by_shard(list(request_ids))
+        refs = {k: self.handles[k].final_many.remote([request_ids[i] for i in pos]) for k, pos in groups.items()}
+        out: list = [None] * len(request_ids)
+        for k, pos in groups.items():
+            try:
+                answers = ray.get(refs[k], timeout=timeout)
+            except ray.exceptions.ActorDiedError:
+                self._dead.add(k)
+                answers = [ray.get(self.for_request(request_ids[i]).final.remote(request_ids[i]), timeout=timeout)
+                           for i in pos]
+            for i, a in zip(pos, answers):
+                out[i] = a.error if isinstance(a, Failed) else a
         return out
 
     def each(self, method: str, *args, **kw) -> list:

@@ -45,6 +45,7 @@ class Limits:
     default_p: float = 0.1  # cross-validation check probability when a request names none
     retain_rounds: int = 10000  # finished rounds kept for `final`/`status`; older ones are evicted
     liveness_interval_s: float = 5.0  # how often a node taken out for lateness is challenged to come back
+    max_batch_calls: int = 512  # most items one batch call (draws, escrows, reveals, settlements) carries; 1 = none
 
     def __post_init__(self) -> None:
         self.validate()
@@ -69,7 +70,7 @@ class Limits:
             raise ConfigError("limits.referee_extra must be an integer >= 1 (referees outnumber the quorum)")
         if not whole(self.client_credit) or self.client_credit < 0:
             raise ConfigError("limits.client_credit must be a non-negative integer (0 = no faucet)")
-        for f in ("max_prompt_chars", "max_n", "max_tokens", "retain_rounds"):
+        for f in ("max_prompt_chars", "max_n", "max_tokens", "retain_rounds", "max_batch_calls"):
             if not whole(getattr(self, f)) or getattr(self, f) < 1:
                 raise ConfigError(f"limits.{f} must be a positive integer")
 

@@ -14,7 +14,7 @@ import ray
 
 from protocols import messages, receipts
 from protocols.errors import (BadSignature, InvalidParams, MalformedMessage, ModelHashMismatch, PromptTooLarge,
-                              ReplayedMessage, UnknownModel, UnknownType, UnknownVersion)
+                              ReceiptInvalid, ReplayedMessage, UnknownModel, UnknownType, UnknownVersion)
 from tests.conftest import request_id_drawing
 
 
@@ -74,11 +74,11 @@ def test_receipt_verifies_offline_and_rejects_tampering(net, client):
     res = h.result()
     s = receipts.verify_receipt(res.receipt, [client.aggregator_key], res.token_ids)
     assert s.status == "final" and s.request_id == h.request_id
-    with pytest.raises(receipts.ReceiptInvalid):
+    with pytest.raises(ReceiptInvalid):
         receipts.verify_receipt(res.receipt, [client.aggregator_key], res.token_ids[:-1] + [res.token_ids[-1] ^ 1])
     tampered = bytearray(res.receipt)
     tampered[len(tampered) // 2] ^= 0x01
-    with pytest.raises(receipts.ReceiptInvalid):
+    with pytest.raises(ReceiptInvalid):
         receipts.verify_receipt(bytes(tampered), [client.aggregator_key])
 
 
@@ -252,3 +252,48 @@ def test_async_client_gets_a_verified_answer_without_blocking(tiny_net):
         assert first is not None and first.token_ids == res.token_ids
     mine = f"client/{client.client_id}"
     assert ray.get(tiny_net.ledger.balances.remote(mine))[mine] < tiny_net.config.limits.client_credit  # it paid
+
+
+def _batched(net) -> dict:
+    """The shards' batch-call counters, summed: {destination: (calls, batches)}."""
+    out: dict = {}
+    for st in ray.get(net.aggregator.each("stats")):
+        for dest, s in st["batched"].items():
+            c, b = out.get(dest, (0, 0))
+            out[dest] = (c + s["calls"], b + s["batches"])
+    return out
+
+
+def test_a_wave_of_requests_goes_out_in_batch_calls_and_each_keeps_its_own_receipt(net, client):
+    before = _batched(net)
+    prompts = [f"wave {i}" for i in range(24)]
+    results = client.results(client.generate_many(prompts, n=3, max_tokens=4))
+    after = _batched(net)
+    assert all(r.status == "final" and len(r.summary.paid) == 3 and not r.summary.slashed for r in results)
+    for dest in ("draw", "escrow", "settle", "reveal"):  # fewer calls than requests: they were batched
+        calls, batches = after[dest][0] - before[dest][0], after[dest][1] - before[dest][1]
+        assert calls >= 24 and batches < calls, (dest, calls, batches)
+    # each receipt still stands alone: verified offline, for its own request and tokens only
+    solo = client.generate(prompts[5], n=3, max_tokens=4).result()
+    assert solo.token_ids == results[5].token_ids
+    for i, r in enumerate(results):
+        s = receipts.verify_receipt(r.receipt, [client.aggregator_key], r.token_ids)
+        assert s.request_id == r.request_id and len(s.paid) == 3
+        with pytest.raises(ReceiptInvalid):  # never valid for another answer of the same wave
+            receipts.verify_receipt(r.receipt, [client.aggregator_key], results[(i + 1) % 24].token_ids + [1])
+
+
+def test_a_bad_request_in_a_batch_fails_alone(net, client):
+    from protocols.errors import UnknownRequest
+
+    good = [client.build_request(f"batch mate {i}", n=3, max_tokens=3) for i in range(4)]
+    raw, rid = client.build_request("forged", n=3, max_tokens=3)
+    body = messages.open_envelope(raw, "request").body
+    forged = messages.seal("request", dict(body, model_hash="00" * 32), client.key).raw  # wrong model hash
+    items = [(raw_, f"batch mate {i}") for i, (raw_, _) in enumerate(good)]
+    with pytest.raises(ModelHashMismatch):  # its caller gets its own typed error ...
+        client.aggregator.submit_many(items[:2] + [(forged, "forged")] + items[2:])
+    finals = client.aggregator.final_many([r for _, r in good], timeout=60)
+    assert all(f["status"] == "final" for f in finals)  # ... and its batch mates are served
+    missing = client.aggregator.final_many([rid], timeout=10)[0]
+    assert isinstance(missing, UnknownRequest)  # it never became a round: nothing was escrowed for it

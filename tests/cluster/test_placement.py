@@ -1,4 +1,5 @@
-"""GPU pinning: each executor of a GPU group owns one {"GPU": 1, "CPU": c} bundle."""
+"""GPU pinning: each executor of a GPU group owns one {"GPU": 1, "CPU": c} bundle; CPU
+executors spread over a multi-node cluster."""
 
 import json
 import os
@@ -33,3 +34,5 @@ def test_each_gpu_executor_holds_a_distinct_gpu_bundle_and_quorums_form():
     assert len({e["ray_node"] for e in execs}) == 2  # two 2-GPU Ray nodes, both used
     assert all(e["placement_group"] for e in execs)
     assert seen["status"] == "final" and len(seen["paid"]) == 3
+    # CPU executors spread over the cluster's Ray nodes (a cluster grown by machines uses them)
+    assert len(set(seen["cpu_ray_nodes"])) >= 2 and seen["cpu_status"] == "final"
