@@ -3,8 +3,8 @@
     [network]    name, namespace, ledger_path, draw_embargo_s, default_mode, default_n
     [economics]  price, fee_fraction, collateral, min_stake, *_slash_fraction, referee_fraction
     [limits]     timeout_s, reveal_timeout_s, max_prompt_chars, max_n, max_tokens, referee_extra, client_credit,
-                 default_p (cross-validation check probability)
-    [[models]]   id, engine ("tiny" | "smollm2" | "vllm"), options = { engine kwargs }
+                 default_p (cross-validation check probability), max_batch_calls (1 = no batch calls)
+    [[models]]   id, engine ("tiny" | "smollm2" | "vllm"), options = { engine kwargs }, tolerance (calibrated)
     [[nodes]]    model, count, prefix, threads, gpus (0 = CPU executors), cpus (0 = fair share)
     [malicious]  "<node id>" = "<behaviour>"   (experiments only)
     [attestation] provider, allow_simulated, root_seed, tcb_version, min_tcb_version, max_age_s, epoch_s, renew_fraction
@@ -66,10 +66,21 @@ class ModelSection:
     # (absent: the [limits] figures). Clients may ask for longer, never shorter.
     timeout_s: float | None = None
     timeout_per_token_s: float | None = None
+    # tolerant verification (protocols.fingerprint.Tolerance): calibrated by benchmarks/tolerance.py;
+    # absent: this model is checked by exact match only
+    tolerance: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
             raise ConfigError("models.id must be non-empty")
+        if self.tolerance is not None:
+            from protocols.errors import MalformedMessage
+            from protocols.fingerprint import Tolerance
+
+            try:
+                Tolerance.of(self.tolerance)
+            except MalformedMessage as exc:
+                raise ConfigError(f"models[{self.id}].tolerance: {exc}") from None
         for f, low in (("timeout_s", 1e-9), ("timeout_per_token_s", 0.0)):
             v = getattr(self, f)
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < low or v > 3600):
@@ -78,6 +89,12 @@ class ModelSection:
             raise ConfigError(f"models[{self.id}].engine must be one of {ENGINES}, got {self.engine!r}")
         if not isinstance(self.options, dict):
             raise ConfigError(f"models[{self.id}].options must be a table")
+
+    def tolerant(self):
+        """The model's calibrated Tolerance, or None (exact match only)."""
+        from protocols.fingerprint import Tolerance
+
+        return None if self.tolerance is None else Tolerance.of(self.tolerance)
 
 
 @dataclass

@@ -29,6 +29,7 @@ class Generation:
     text: str  # detokenized generated tokens
     engine_seconds: float  # wall time inside the engine for this request
     prompt_token_ids: list[int] = field(default_factory=list)
+    fingerprint: bytes = b""  # protocols.fingerprint of the hidden states that chose the tokens ("" = none)
 
 
 @runtime_checkable

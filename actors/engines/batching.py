@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from protocols import fingerprint as fingerprints
+
 from . import decoding
 from .base import Generation
 
@@ -59,6 +61,9 @@ class Seq:
     t0: float = field(default_factory=time.perf_counter)
     done: bool = False
     error: BaseException | None = None  # what ended this request alone (its neighbours go on)
+    hidden: Any = None  # the final hidden state `logits` came from (engines that expose it)
+    states: list = field(default_factory=list)  # hidden states that chose each chunk's last token
+    last_state: Any = None  # the one that chose the latest token
 
     @property
     def position(self) -> int:
@@ -93,6 +98,9 @@ def step(engine: Batchable, active: list[Seq]) -> None:
             tid = decoding.pick(s.logits, s.params, s.gen)
             if tid not in s.stop_ids:
                 s.out.append(tid)
+                s.last_state = s.hidden
+                if s.hidden is not None and len(s.out) % fingerprints.CHUNK == 0:
+                    s.states.append(s.hidden)
                 if s.on_tokens is not None:
                     s.on_tokens(s.out)
         except Exception as exc:
@@ -107,9 +115,21 @@ def step(engine: Batchable, active: list[Seq]) -> None:
         going.append(s)
         tokens.append(tid)
     for i in range(0, len(going), engine.rows):
-        rows = engine.decode(going[i:i + engine.rows], tokens[i:i + engine.rows])
-        for s, logits in zip(going[i:i + engine.rows], rows):
-            s.logits = logits
+        got = engine.decode(going[i:i + engine.rows], tokens[i:i + engine.rows])
+        rows, hidden = got if isinstance(got, tuple) else (got, None)  # (logits, hidden states)
+        for j, s in enumerate(going[i:i + engine.rows]):
+            s.logits = rows[j]
+            s.hidden = hidden[j] if hidden is not None else None
+
+
+def fingerprint_of(seq: Seq) -> bytes:
+    """protocols.fingerprint of a finished sequence ("" when its engine exposes no states)."""
+    states = list(seq.states)
+    if seq.out and len(seq.out) % fingerprints.CHUNK:
+        states.append(seq.last_state)
+    if any(st is None for st in states) or (seq.out and not states):
+        return b""
+    return fingerprints.encode([st.float().tolist() for st in states])
 
 
 def generate_alone(engine: Batchable, prompt: str, params, on_tokens=None) -> Generation:

@@ -21,8 +21,9 @@ outcome is then exact, and prefill never accepts or rejects on a coin-flip.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -97,3 +98,89 @@ def judge(rows: torch.Tensor, claimed: Sequence[int], params, stop_ids: Sequence
             return Verdict(False, False, len(claimed))
         uncertain |= s == "near"
     return Verdict(not uncertain, uncertain, None)
+
+
+@dataclass(frozen=True)
+class TolerantTokens:
+    """The token half of a tolerant check: could the rule have chosen every claimed token
+    (and stopped where the claim stops) within `margin` of the verifier's own logits?"""
+
+    accepted: bool
+    mismatch_at: int | None  # first position outside the margin
+    worst: float  # largest margin a claimed token needed (0: the verifier's own pick everywhere)
+
+
+def _gap(logits: torch.Tensor, ok: Sequence[int], params, gen) -> float:
+    """How far the rule's choice at this position is from any token in `ok`: greedy, the
+    top logit's lead (relative to max(1, |top|)); sampling, the draw's distance from the
+    tokens' CDF interval. 0 when the rule picks one of them."""
+    if params.greedy:
+        best = int(torch.argmax(logits))
+        if best in ok:
+            return 0.0
+        top = float(logits[best])
+        return min(top - float(logits[t]) for t in ok) / max(1.0, abs(top))
+    cdf = _sampling_cdf(logits, params)
+    total = float(cdf[-1])
+    u = float(torch.rand((), generator=gen, dtype=torch.float64)) * total
+    best = math.inf
+    for t in ok:
+        lo = float(cdf[t - 1]) if t > 0 else 0.0
+        hi = float(cdf[t])
+        best = min(best, 0.0 if lo <= u < hi else min(abs(u - lo), abs(u - hi)) / total)
+    return best
+
+
+def judge_tolerant(rows: torch.Tensor, claimed: Sequence[int], params, stop_ids: Sequence[int],
+                   margin: float) -> TolerantTokens:
+    """rows[i] = the verifier's logits predicting claimed[i] (rows[len(claimed)]: what follows)."""
+    if len(claimed) > params.max_tokens or any(t in stop_ids for t in claimed) \
+            or any(not 0 <= int(t) < rows.shape[-1] for t in claimed):
+        return TolerantTokens(False, 0, math.inf)
+    gen = generator_for(params)
+    worst = 0.0
+    for i, tok in enumerate(claimed):
+        g = _gap(rows[i], [int(tok)], params, gen)
+        if g > margin:
+            return TolerantTokens(False, i, g)
+        worst = max(worst, g)
+    if len(claimed) < params.max_tokens:  # the rule must (nearly) stop right here
+        g = _gap(rows[len(claimed)], list(stop_ids), params, gen)
+        if g > margin:
+            return TolerantTokens(False, len(claimed), g)
+        worst = max(worst, g)
+    return TolerantTokens(True, None, worst)
+
+
+@dataclass(frozen=True)
+class TolerantVerdict:
+    """Both halves of a tolerant check, with the margins measured (they go into receipts)."""
+
+    accepted: bool
+    tokens: TolerantTokens
+    fingerprint: Any  # protocols.fingerprint.Match
+    seconds: float = 0.0
+
+    def to_wire(self) -> dict:
+        return {"accepted": self.accepted, "token_margin": round(self.tokens.worst, 6),
+                "mismatch_at": self.tokens.mismatch_at, "fingerprint": self.fingerprint.to_wire()}
+
+
+def verify_tolerant(rows: torch.Tensor, hidden: torch.Tensor, claimed: Sequence[int], params,
+                    stop_ids: Sequence[int], claimed_fingerprint: bytes, tolerance) -> TolerantVerdict:
+    """One prefill's logits (`rows`) and final hidden states (`hidden`, row j = the state
+    that chose claimed[j]) against a claimed output and its fingerprint."""
+    from protocols import fingerprint as fingerprints
+
+    tokens = judge_tolerant(rows, claimed, params, stop_ids, tolerance.token_margin)
+    states = [hidden[j].float().tolist() for j in fingerprints.positions(len(claimed))]
+    match = fingerprints.compare(claimed_fingerprint, states, tolerance.thresholds)
+    return TolerantVerdict(tokens.accepted and match.ok, tokens, match)
+
+
+def too_long(at: int) -> TolerantVerdict:
+    """A claim longer than the request or the context allows: rejected without a pass."""
+    from protocols import fingerprint as fingerprints
+
+    return TolerantVerdict(False, TolerantTokens(False, at, math.inf),
+                           fingerprints.Match(False, 0.0, math.inf, math.inf, 0, "the claim is too long"))

@@ -67,16 +67,19 @@ class LlamaRows:
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return m.norm(x)
 
-    def prefill(self, ids: list[int]) -> tuple[torch.Tensor, list]:
+    def prefill(self, ids: list[int]) -> tuple[torch.Tensor, list, torch.Tensor]:
+        """(last position's logits, keys and values per layer, its final hidden state)."""
         cache: list = []
         x = self._sequence(ids, cache)
-        return self.model.lm_head(x[-1:])[0], cache
+        return self.model.lm_head(x[-1:])[0], cache, x[-1]
 
-    def logits(self, ids: list[int]) -> torch.Tensor:
-        return self.model.lm_head(self._sequence(ids, None))
+    def logits(self, ids: list[int], with_hidden: bool = False):
+        x = self._sequence(ids, None)
+        return (self.model.lm_head(x), x) if with_hidden else self.model.lm_head(x)
 
-    def decode(self, caches: list[list], tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """One step: the first len(caches) of `rows` rows are real; each cache grows by one."""
+    def decode(self, caches: list[list], tokens: list[int], positions: list[int]):
+        """One step: the first len(caches) of `rows` rows are real; each cache grows by one.
+        Returns (logits, final hidden states) of the real rows."""
         m, n, pad = self.model.model, len(caches), self.rows - len(caches)
         x = m.embed_tokens(torch.tensor(list(tokens) + [0] * pad, dtype=torch.long))  # (R, hidden)
         cos, sin = m.rotary_emb(x, torch.tensor(list(positions) + [0] * pad)[:, None])  # (R, 1, d)
@@ -96,4 +99,5 @@ class LlamaRows:
                 att[i] = self._attend(q[i][:, None], ks, vs)[0]
             x = x + a.o_proj(att)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.model.lm_head(m.norm(x))[:n]
+        h = m.norm(x)
+        return self.model.lm_head(h)[:n], h[:n]

@@ -495,8 +495,8 @@ class SmolLM2Engine:
             raise RequestError("prompt is empty")
         budget = min(int(params.max_tokens), self._max_positions - len(ids))
         with torch.inference_mode():
-            logits, cache = self._rows_fwd.prefill(ids)
-        return batching.Seq(params, ids, budget, self._stop_ids, cache, logits, t0=t0)
+            logits, cache, hidden = self._rows_fwd.prefill(ids)
+        return batching.Seq(params, ids, budget, self._stop_ids, cache, logits, t0=t0, hidden=hidden)
 
     def decode(self, seqs: list[batching.Seq], tokens: list[int]):
         import torch
@@ -507,30 +507,57 @@ class SmolLM2Engine:
     def finish(self, seq: batching.Seq) -> Generation:
         seq.cache = None
         return Generation(token_ids=seq.out, text=self._tok.decode(seq.out, skip_special_tokens=True),
-                          engine_seconds=time.perf_counter() - seq.t0, prompt_token_ids=seq.prompt_ids)
+                          engine_seconds=time.perf_counter() - seq.t0, prompt_token_ids=seq.prompt_ids,
+                          fingerprint=batching.fingerprint_of(seq))
 
     def detokenize(self, token_ids: list[int]) -> str:
         self._require_loaded()
         return self._tok.decode(list(token_ids), skip_special_tokens=True)
 
-    def verify_prefill(self, prompt: str, params, claimed: list[int],
-                       tau: float = decoding.DEFAULT_TAU) -> decoding.Verdict:
-        """Check a claimed output with one forward pass over prompt + claimed tokens."""
+    def _claim(self, prompt: str, params):
+        """What checking a claim needs: the prompt's ids, the token budget, and params whose
+        max_tokens is that budget (the context, not max_tokens, may end generation)."""
         import dataclasses
 
-        import torch
-
-        t0 = time.perf_counter()
         self._require_loaded()
         self._apply_determinism()
         ids = self.prompt_token_ids(prompt, getattr(params, "template", True))
         if not ids or len(ids) > self.max_prompt_tokens:
             raise PromptTooLarge(f"prompt is {len(ids)} tokens, limit is {self.max_prompt_tokens}")
         budget = min(int(params.max_tokens), self._max_positions - len(ids))
+        if budget != params.max_tokens:
+            params = dataclasses.replace(params, max_tokens=budget)
+        return ids, budget, params
+
+    def verify_tolerant(self, prompt: str, params, claimed: list[int], claimed_fingerprint: bytes,
+                        tolerance) -> decoding.TolerantVerdict:
+        """One forward pass over prompt + claimed tokens, checked within `tolerance`
+        (protocols.fingerprint.Tolerance); see engines.decoding.verify_tolerant."""
+        import dataclasses
+
+        import torch
+
+        t0 = time.perf_counter()
+        ids, budget, params = self._claim(prompt, params)
+        claimed = [int(t) for t in claimed]
+        if len(claimed) > budget:
+            return decoding.too_long(budget)
+        with torch.inference_mode():
+            logits, hidden = self._rows_fwd.logits(ids + claimed, with_hidden=True)
+        n = len(ids) - 1
+        v = decoding.verify_tolerant(logits[n:], hidden[n:], claimed, params, sorted(self._stop_ids),
+                                     claimed_fingerprint, tolerance)
+        return dataclasses.replace(v, seconds=time.perf_counter() - t0)
+
+    def verify_prefill(self, prompt: str, params, claimed: list[int],
+                       tau: float = decoding.DEFAULT_TAU) -> decoding.Verdict:
+        """Check a claimed output with one forward pass over prompt + claimed tokens."""
+        import torch
+
+        t0 = time.perf_counter()
+        ids, budget, params = self._claim(prompt, params)
         if len(claimed) > budget:
             return decoding.Verdict(False, False, budget, time.perf_counter() - t0)
-        if budget != params.max_tokens:  # the context, not max_tokens, ends generation here
-            params = dataclasses.replace(params, max_tokens=budget)
         with torch.inference_mode():
             rows = self._rows_fwd.logits(ids + [int(t) for t in claimed])[len(ids) - 1:]
         v = decoding.judge(rows, claimed, params, sorted(self._stop_ids), tau)

@@ -9,6 +9,7 @@ per token. Malicious variants: "requantize" rounds every weight to 4 bits,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -29,6 +30,7 @@ from . import batching, decoding
 from .base import HONEST, Generation
 
 ENGINE_VERSION = "tiny-2"  # 2: KV cache, batch-invariant fixed-row decode
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 EOS = 256
 VOCAB = 257
 
@@ -59,13 +61,15 @@ class TinyTransformer(torch.nn.Module):
         self.ln_f = torch.nn.LayerNorm(d)
         self.head = torch.nn.Linear(d, VOCAB, bias=False)
 
-    def forward(self, ids: torch.Tensor, cache: list | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache: list | None = None, last_only: bool = False,
+                with_hidden: bool = False):
         """ids: (T,) -> logits (T, VOCAB) (or (1, VOCAB) with last_only). A `cache` list
-        gets each layer's keys and values, (heads, T, head dim) each."""
+        gets each layer's keys and values, (heads, T, head dim) each. with_hidden: also
+        the final hidden states the logits come from, (logits, hidden)."""
         t = ids.shape[0]
         h_, d = self.cfg.n_heads, self.cfg.d_model
         x = self.tok(ids) + self.pos(torch.arange(t))
-        mask = torch.full((t, t), float("-inf")).triu(1)
+        mask = torch.full((t, t), float("-inf"), dtype=x.dtype).triu(1)
         for b in self.blocks:
             q, k, v = b["qkv"](b["ln1"](x)).split(d, dim=-1)
             q, k, v = (z.view(t, h_, d // h_).transpose(0, 1) for z in (q, k, v))
@@ -74,19 +78,21 @@ class TinyTransformer(torch.nn.Module):
             att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d // h_) + mask, dim=-1)
             x = x + b["proj"]((att @ v).transpose(0, 1).reshape(t, d))
             x = x + b["down"](torch.nn.functional.gelu(b["up"](b["ln2"](x))))
-        return self.head(self.ln_f(x[-1:] if last_only else x))
+        h = self.ln_f(x[-1:] if last_only else x)
+        return (self.head(h), h) if with_hidden else self.head(h)
 
-    def decode_rows(self, ids: torch.Tensor, positions: torch.Tensor, caches: list[list]) -> torch.Tensor:
+    def decode_rows(self, ids: torch.Tensor, positions: torch.Tensor, caches: list[list]):
         """One decode step on a fixed number of rows (ids, positions: (R,)); the first
         len(caches) rows are real sequences, each attending over its own cache (which
-        grows by one). Returns logits (len(caches), VOCAB). See engines.batching."""
+        grows by one). Returns (logits (len(caches), VOCAB), their final hidden states).
+        See engines.batching."""
         rows, n = ids.shape[0], len(caches)
         h_, d = self.cfg.n_heads, self.cfg.d_model
         hd = d // h_
         x = self.tok(ids) + self.pos(positions)
         for li, b in enumerate(self.blocks):
             q, k, v = b["qkv"](b["ln1"](x)).split(d, dim=-1)
-            att = torch.zeros(rows, d)
+            att = torch.zeros(rows, d, dtype=x.dtype)
             for i, cache in enumerate(caches):
                 ks, vs = cache[li]
                 ks = torch.cat([ks, k[i].view(h_, 1, hd)], dim=1)
@@ -96,7 +102,8 @@ class TinyTransformer(torch.nn.Module):
                 att[i] = (w @ vs).reshape(d)
             x = x + b["proj"](att)
             x = x + b["down"](torch.nn.functional.gelu(b["up"](b["ln2"](x))))
-        return self.head(self.ln_f(x))[:n]
+        h = self.ln_f(x)
+        return self.head(h)[:n], h[:n]
 
 
 def build_model(cfg: TinyConfig) -> TinyTransformer:
@@ -151,7 +158,8 @@ class TinyEngine:
 
     def __init__(self, cache_dir: str | None = None, threads: int = 1, max_prompt_tokens: int = 512,
                  expected_hash: str | None = None, fixed_cost_s: float = 0.0, encrypted_path: str | None = None,
-                 model_id: str = "tiny", batch_rows: int = batching.DEFAULT_ROWS, **cfg: Any):
+                 model_id: str = "tiny", batch_rows: int = batching.DEFAULT_ROWS, dtype: str = "float32",
+                 **cfg: Any):
         self.cfg = TinyConfig(**cfg)
         self.cache_dir = cache_dir
         self.threads = threads
@@ -163,6 +171,9 @@ class TinyEngine:
         if not isinstance(batch_rows, int) or isinstance(batch_rows, bool) or not 1 <= batch_rows <= 256:
             raise ValueError("batch_rows must be an integer from 1 to 256")
         self.rows = batch_rows  # every decode step runs on exactly this many rows
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}")
+        self.dtype = dtype  # bfloat16: another precision of the same weights (its own determinism class)
         if encrypted_path and not expected_hash:
             raise ValueError("encrypted weights need expected_hash (the registered plaintext hash)")
         self.variant = HONEST
@@ -205,7 +216,7 @@ class TinyEngine:
                         _quantize_(p, bits=4)
             elif variant != HONEST:
                 raise NotImplementedError(f"tiny engine has no variant {variant!r}")
-        self._model = model.eval()
+        self._model = model.eval().to(DTYPES[self.dtype])
         self.variant = variant
 
     def model_hash(self) -> str:
@@ -217,7 +228,7 @@ class TinyEngine:
 
     def fingerprint(self) -> dict[str, Any]:
         return {"engine": self.name, "engine_version": ENGINE_VERSION, "torch": torch.__version__,
-                "device": "cpu", "dtype": "float32", "threads": self.threads,
+                "device": "cpu", "dtype": self.dtype, "threads": self.threads,
                 "batching": batching.policy(self.rows), "model_hash": self.model_hash()}
 
     def prompt_token_ids(self, prompt: str) -> list[int]:
@@ -247,8 +258,9 @@ class TinyEngine:
             raise PromptTooLarge(f"prompt + max_tokens exceeds the context of {self.cfg.max_pos}")
         cache: list = []
         with torch.inference_mode():
-            logits = self._model(torch.tensor(prompt_ids), cache=cache, last_only=True)[0]
-        return batching.Seq(params, prompt_ids, params.max_tokens, frozenset((EOS,)), cache, logits)
+            logits, hidden = self._model(torch.tensor(prompt_ids), cache=cache, last_only=True, with_hidden=True)
+        return batching.Seq(params, prompt_ids, params.max_tokens, frozenset((EOS,)), cache, logits[0],
+                            hidden=hidden[0])
 
     def decode(self, seqs: list[batching.Seq], tokens: list[int]) -> torch.Tensor:
         pad = self.rows - len(seqs)
@@ -261,7 +273,26 @@ class TinyEngine:
         if self.fixed_cost_s:  # the engine is busy (CPU idle) this long per request, batched or not
             time.sleep(self.fixed_cost_s)
         seq.cache = None
-        return Generation(seq.out, self.detokenize(seq.out), time.perf_counter() - seq.t0, seq.prompt_ids)
+        return Generation(seq.out, self.detokenize(seq.out), time.perf_counter() - seq.t0, seq.prompt_ids,
+                          batching.fingerprint_of(seq))
+
+    def verify_tolerant(self, prompt: str, params: SamplingParams, claimed: list[int], claimed_fingerprint: bytes,
+                        tolerance) -> decoding.TolerantVerdict:
+        """One forward pass over prompt + claimed tokens, checked within `tolerance`
+        (protocols.fingerprint.Tolerance); see engines.decoding.verify_tolerant."""
+        if self._model is None:
+            raise RuntimeError("engine not loaded")
+        t0 = time.perf_counter()
+        prompt_ids = self.prompt_token_ids(prompt)
+        claimed = [int(t) for t in claimed]
+        if len(prompt_ids) + len(claimed) > self.cfg.max_pos or len(claimed) > params.max_tokens:
+            return decoding.too_long(max(0, min(params.max_tokens, self.cfg.max_pos - len(prompt_ids))))
+        with torch.inference_mode():
+            logits, hidden = self._model(torch.tensor(prompt_ids + claimed), with_hidden=True)
+        n = len(prompt_ids) - 1
+        v = decoding.verify_tolerant(logits[n:], hidden[n:], claimed, params, self.stop_token_ids(),
+                                     claimed_fingerprint, tolerance)
+        return dataclasses.replace(v, seconds=time.perf_counter() - t0)
 
     def verify_prefill(self, prompt: str, params: SamplingParams, claimed: list[int],
                        tau: float = decoding.DEFAULT_TAU) -> decoding.Verdict:

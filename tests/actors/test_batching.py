@@ -100,12 +100,15 @@ def test_a_requests_logits_do_not_depend_on_its_neighbours(engine):
 
     params = SamplingParams(max_tokens=4)
     target = batching.start(engine, "the request under test", params)
-    alone = engine.decode([target], [65])[0].clone()
+    logits, hidden = engine.decode([target], [65])
+    alone, alone_h = logits[0].clone(), hidden[0].clone()
     for slot in range(engine.rows):
         others = [batching.start(engine, f"neighbour {j} " * (j + 1), params) for j in range(engine.rows - 1)]
         seqs = others[:slot] + [batching.start(engine, "the request under test", params)] + others[slot:]
         toks = [66 + j for j in range(slot)] + [65] + [66 + j for j in range(slot, engine.rows - 1)]
-        assert torch.equal(engine.decode(seqs, toks)[slot], alone), f"slot {slot} changed the logits"
+        logits, hidden = engine.decode(seqs, toks)
+        assert torch.equal(logits[slot], alone), f"slot {slot} changed the logits"
+        assert torch.equal(hidden[slot], alone_h), f"slot {slot} changed the hidden state"  # (fingerprints)
 
 
 def test_a_request_that_fails_mid_decode_does_not_end_its_neighbours(engine):
