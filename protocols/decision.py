@@ -51,7 +51,9 @@ NO_REFEREE = "no eligible referee"
 NO_REFEREE_ANSWER = "no referee answered"
 NO_REFEREE_REVEAL = "no referee revealed a valid commitment"
 NO_MAJORITY = "referees reached no majority"
-DERIVED = frozenset({"", NO_ANSWER, ALL_LATE, NO_REFEREE, NO_REFEREE_ANSWER, NO_REFEREE_REVEAL, NO_MAJORITY})
+BENIGN_ANSWER = "referees reached no majority; the answer is the first claim they accepted as benign"
+DERIVED = frozenset({"", NO_ANSWER, ALL_LATE, NO_REFEREE, NO_REFEREE_ANSWER, NO_REFEREE_REVEAL, NO_MAJORITY,
+                     BENIGN_ANSWER})
 
 
 class EvidenceInvalid(MessageError):
@@ -66,6 +68,9 @@ class MemberFact:
     commitment: bytes | None = None
     replacement: bool = False  # drawn to replace a member that timed out
     committed: bool = False  # its result (commit hash) is in
+    # tolerant rounds: the referees whose tolerant check (one prefill, the model's calibrated
+    # tolerance) accepted this quorum member's claim as one the model could have made
+    accepted_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Evidence:
     want: int  # quorum members the request needs (cross-validation: 1, or 1 + N when checked)
     branch: str = ""  # cross-validation: checked | unchecked
     aborted: str = ""  # the round could not go on (selector failure, a refused sealed prompt)
+    tolerant: bool = False  # members span a tolerance group: disputes weigh the referees' tolerant checks
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,12 @@ def _check(ev: Evidence) -> None:
             raise EvidenceInvalid(f"{m.node_id}: unknown role {m.role!r} or state {m.state!r}")
         if (m.state == REVEALED) != isinstance(m.commitment, bytes):
             raise EvidenceInvalid(f"{m.node_id}: a commitment comes with a valid reveal, and only then")
+        if m.accepted_by and (not ev.tolerant or m.role != QUORUM or m.state != REVEALED):
+            raise EvidenceInvalid(f"{m.node_id}: only a revealed quorum member of a tolerant round is checked")
+    referees = {m.node_id for m in ev.members if m.role == REFEREE and m.state == REVEALED}
+    for m in ev.members:
+        if not set(m.accepted_by) <= referees or len(set(m.accepted_by)) != len(m.accepted_by):
+            raise EvidenceInvalid(f"{m.node_id}: accepted by someone who is not a revealed referee of the round")
     if ev.want < 1:
         raise EvidenceInvalid("a round needs at least one quorum member")
 
@@ -177,6 +189,8 @@ def decide(ev: Evidence) -> Outcome:
         return _unresolved(timeouts, NO_REFEREE_REVEAL, ev.branch)
     ranked = votes.most_common()
     truth, count = ranked[0]
+    if ev.tolerant:
+        return _tolerant(ev, aq, ar, refs, truth if count * 2 > len(ar) else None, timeouts)
     if count * 2 <= len(ar):
         return _unresolved(timeouts, NO_MAJORITY, ev.branch)
     honest = tuple(sorted(m.node_id for m in aq if m.state == REVEALED and m.commitment == truth))
@@ -191,6 +205,40 @@ def decide(ev: Evidence) -> Outcome:
     degraded = len(aq) < ev.want or len(ar) < referee_want
     return Outcome(RESOLVED, truth, agreeing[0], honest, _sorted(slashes), honest or agreeing, agreeing, True,
                    degraded, "", ev.branch)
+
+
+def _tolerant(ev: Evidence, aq: list, ar: list, refs: list, majority: bytes | None, timeouts: list) -> Outcome:
+    """A dispute in a tolerance group: a quorum member whose claim a majority of the
+    answering referees accepted by the tolerant check is benign (paid, never slashed),
+    whatever its commitment; the answer is the referees' majority commitment, or else
+    the first benign claim in draw order. Only a claim that matches neither and that
+    no majority accepted is a cheat. Referees are not slashed for a benign divergence
+    among themselves (nobody checked their outputs); they are credited when they
+    match the answer."""
+    benign = {m.node_id for m in aq if m.state == REVEALED and len(m.accepted_by) * 2 > len(ar)}
+    truth = majority
+    if truth is None:
+        first = next((m for m in aq if m.node_id in benign), None)
+        if first is None:
+            return _unresolved(timeouts, NO_MAJORITY, ev.branch)
+        truth = first.commitment
+    paid = tuple(sorted(m.node_id for m in aq if m.state == REVEALED and (m.commitment == truth or m.node_id in benign)))
+    agreeing = tuple(sorted(m.node_id for m in ar if m.state == REVEALED and m.commitment == truth))
+    slashes = list(timeouts)
+    for m in aq:
+        if m.state == INVALID:
+            slashes.append((m.node_id, "invalid-reveal"))
+        elif m.commitment != truth and m.node_id not in benign:
+            slashes.append((m.node_id, "cheat"))
+    for m in ar:
+        if m.state == INVALID:
+            slashes.append((m.node_id, "invalid-reveal"))
+    output = next((m.node_id for m in aq if m.state == REVEALED and m.commitment == truth), None) \
+        or (agreeing[0] if agreeing else None)
+    referee_want = sum(1 for m in refs if not m.replacement)
+    degraded = len(aq) < ev.want or len(ar) < referee_want
+    return Outcome(RESOLVED, truth, output, paid, _sorted(slashes), paid or agreeing, agreeing, True, degraded,
+                   "" if majority is not None else BENIGN_ANSWER, ev.branch)
 
 
 def _sorted(slashes: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
