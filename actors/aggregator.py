@@ -593,7 +593,7 @@ class Aggregator:
         self.counters["messages"] += 1
         try:
             actions = self._step(live, "on_reveal", nid, env.sender, env.body["commitment"], env.body["salt"],
-                                 time.time())
+                                 time.time(), env.body["fingerprint"])
         except MessageError:
             return  # late: the member already timed out; its reveal is not evidence of this round
         live.reveals[nid] = env.raw

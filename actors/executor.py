@@ -65,8 +65,8 @@ class NodeExecutor:
         self._previous: tuple[SigningKey, KemKey] | None = None
         self.attestation_spec = dict(attestation or {})  # {"provider": "simulated"|"nvidia", ...}
         self._weights_key: bytes | None = None  # released by the registry after attestation; memory only
-        # (request id, member id) -> (commitment, salt, role, signing key)
-        self._pending: dict[tuple[str, str], tuple[bytes, bytes, str, SigningKey]] = {}
+        # (request id, member id) -> (commitment, salt, role, signing key, fingerprint)
+        self._pending: dict[tuple[str, str], tuple[bytes, bytes, str, SigningKey, bytes]] = {}
         self._inbox: collections.deque = collections.deque(maxlen=256)
         self._seen = messages.ReplayGuard()
         self._executed = 0
@@ -263,7 +263,7 @@ class NodeExecutor:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         t0 = time.perf_counter()
-        method = "generate"
+        method, fingerprint = "generate", b""  # (a verifier that accepts by prefill made no states of its own)
         if self.behaviour == "random":
             rng = random.Random(os.urandom(16))
             token_ids = [rng.randrange(256) for _ in range(params.max_tokens)]
@@ -282,21 +282,21 @@ class NodeExecutor:
                 self._prompt_tokens[body["request_id"]] = len(gen.prompt_token_ids)
                 if stream is not None:
                     await stream.close(gen.token_ids)
-                token_ids, text = gen.token_ids, gen.text
+                token_ids, text, fingerprint = gen.token_ids, gen.text, gen.fingerprint
                 if verdict is not None:
                     method = "prefill-uncertain+generate" if verdict.uncertain else "prefill-reject+generate"
-        return token_ids, text, method, time.perf_counter() - t0
+        return token_ids, text, method, time.perf_counter() - t0, fingerprint
 
     async def _commit(self, body: dict, member_id: str, role: str, signer: SigningKey, token_ids: list[int],
-                      text: str, method: str, seconds: float) -> dict:
+                      text: str, method: str, seconds: float, fingerprint: bytes = b"") -> dict:
         rid = body["request_id"]
         commitment = commitments.output_commitment(rid, body["model_hash"], body["prompt_hash"], body["params"],
                                                    token_ids)
         salt = os.urandom(32)
-        commit = commitments.commit_hash(signer.public, commitment, salt)
+        commit = commitments.commit_hash(signer.public, commitment, salt, fingerprint)
         if self.behaviour == "copy":
             commit = await self._copy_commit(rid, member_id) or commit
-        self._pending[(rid, member_id)] = (commitment, salt, role, signer)
+        self._pending[(rid, member_id)] = (commitment, salt, role, signer, fingerprint)
         self._executed += 1
         env = messages.seal("result", {
             "request_id": rid, "node_id": member_id, "role": role, "commit_hash": commit,
@@ -343,13 +343,14 @@ class NodeExecutor:
         member_id = member_id or self.node_id
         if (request_id, member_id) not in self._pending:
             raise UnknownRequest(f"no commitment pending for {request_id}")
-        commitment, salt, role, signer = self._pending.pop((request_id, member_id))
+        commitment, salt, role, signer, fingerprint = self._pending.pop((request_id, member_id))
         if self.behaviour == "copy":
             board = await self._board(request_id)
             others = [c for nid, c in board["reveals"].items() if nid != member_id]
             commitment = others[0] if others else os.urandom(32)
         env = messages.seal("reveal", {"request_id": request_id, "node_id": member_id, "role": role,
-                                       "commitment": commitment, "salt": salt, "nonce": os.urandom(16)}, signer)
+                                       "commitment": commitment, "salt": salt, "nonce": os.urandom(16),
+                                       "fingerprint": fingerprint}, signer)
         return env.raw
 
     async def reveal_many(self, request_ids: list) -> list:

@@ -17,6 +17,7 @@ from .canonical import digest, pack, sha256
 
 COMMITMENT_DOMAIN = "verinfer/output/v1"
 COMMIT_DOMAIN = b"verinfer/commit/v1|"
+FINGERPRINTED_DOMAIN = b"verinfer/commit+fingerprint/v1|"
 
 
 def prompt_hash(prompt: str | bytes, salt: bytes = b"") -> bytes:
@@ -41,17 +42,23 @@ def output_commitment(
     )
 
 
-def commit_hash(committer: bytes, commitment: bytes, salt: bytes) -> bytes:
-    return sha256(COMMIT_DOMAIN, committer, commitment, salt)
+def commit_hash(committer: bytes, commitment: bytes, salt: bytes, fingerprint: bytes = b"") -> bytes:
+    """H(domain, committer, commitment, salt), and the output's activation fingerprint
+    (protocols.fingerprint) when the node made one: sealed with the tokens, so a node
+    cannot choose its fingerprint after seeing another's."""
+    if not fingerprint:
+        return sha256(COMMIT_DOMAIN, committer, commitment, salt)
+    return sha256(FINGERPRINTED_DOMAIN, committer, commitment, salt, sha256(b"verinfer/fingerprint|", fingerprint))
 
 
-def opens(commit: bytes, committer: bytes, commitment: bytes, salt: bytes) -> bool:
-    """True iff (commitment, salt) opens `commit` for `committer`."""
+def opens(commit: bytes, committer: bytes, commitment: bytes, salt: bytes, fingerprint: bytes = b"") -> bool:
+    """True iff (commitment, salt, fingerprint) opens `commit` for `committer`."""
     return (
         isinstance(commitment, bytes)
         and isinstance(salt, bytes)
+        and isinstance(fingerprint, bytes)
         and len(salt) >= 16
-        and commit_hash(committer, commitment, salt) == commit
+        and commit_hash(committer, commitment, salt, fingerprint) == commit
     )
 
 

@@ -69,6 +69,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
         "commitment": (bytes,),
         "salt": (bytes,),
         "nonce": (bytes,),
+        "fingerprint": (bytes,),  # protocols.fingerprint of its output ("" = none); the commit covers it
     },
     # node -> aggregator instead of a result: the client's sealed prompt does not
     # open for this node or does not match its hash (only an attested node can tell).
@@ -103,6 +104,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
 }
 OPTIONAL: dict[str, dict[str, Any]] = {t: {} for t in SCHEMAS}
 OPTIONAL["request"] = {"p": None, "require_tee": False, "sealed": False, "client_kem": b""}
+OPTIONAL["reveal"] = {"fingerprint": b""}
 
 
 @dataclass(frozen=True)

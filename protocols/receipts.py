@@ -213,7 +213,7 @@ def _verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None,
             _fail(f"reveal from {nid} without a result")
         if nid in revealed:
             _fail(f"two reveals from {nid}")
-        ok = commitments.opens(commits[nid], keys[nid], r.body["commitment"], r.body["salt"])
+        ok = commitments.opens(commits[nid], keys[nid], r.body["commitment"], r.body["salt"], r.body["fingerprint"])
         revealed[nid] = r.body["commitment"] if ok else None
 
     # --- the decision: recomputed from the evidence with the round's own rule

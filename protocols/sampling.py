@@ -228,11 +228,13 @@ class Round:
             return [DrawVerifiers(self.verifiers, self.ever_selected())]
         return self._maybe_request_reveals(now)
 
-    def on_reveal(self, node_id: str, key: bytes, commitment: bytes, salt: bytes, now: float) -> list:
+    def on_reveal(self, node_id: str, key: bytes, commitment: bytes, salt: bytes, now: float,
+                  fingerprint: bytes = b"") -> list:
+        """`fingerprint`: the output's activation fingerprint the commit also sealed ("" = none)."""
         m = self.member(node_id, key)
         if self.done or m.state != COMMITTED or node_id not in self.reveals_requested:
             raise MessageError(f"unexpected reveal from {node_id} in state {m.state}")
-        if opens(m.commit_hash, m.key, commitment, salt):
+        if opens(m.commit_hash, m.key, commitment, salt, fingerprint):
             m.state, m.commitment = REVEALED, commitment
         else:
             m.state = INVALID

@@ -297,3 +297,22 @@ def test_a_bad_request_in_a_batch_fails_alone(net, client):
     assert all(f["status"] == "final" for f in finals)  # ... and its batch mates are served
     missing = client.aggregator.final_many([rid], timeout=10)[0]
     assert isinstance(missing, UnknownRequest)  # it never became a round: nothing was escrowed for it
+
+
+def test_each_reveal_carries_the_fingerprint_its_commit_sealed(net, client):
+    from protocols import commitments
+    from protocols import fingerprint as fp
+
+    res = client.generate("a fingerprinted answer", n=3, max_tokens=8).result()
+    assert res.status == "final"
+    body = messages.open_envelope(res.receipt, "receipt").body
+    results = {e.body["node_id"]: e for e in (messages.open_envelope(r, "result") for r in body["results"])}
+    for raw in body["reveals"]:
+        rv = messages.open_envelope(raw, "reveal")
+        nid, blob = rv.body["node_id"], rv.body["fingerprint"]
+        assert len(blob) == fp.size(len(res.token_ids), fp.k_for(64))  # the tiny engine's states, one chunk
+        commit, key = results[nid].body["commit_hash"], results[nid].sender
+        assert commitments.opens(commit, key, rv.body["commitment"], rv.body["salt"], blob)
+        assert not commitments.opens(commit, key, rv.body["commitment"], rv.body["salt"], b"")  # it cannot be dropped
+    fps = {messages.open_envelope(raw, "reveal").body["fingerprint"] for raw in body["reveals"]}
+    assert len(fps) == 1  # one determinism class: the same states bit for bit

@@ -89,6 +89,17 @@ def test_replay_guard_rejects_second_message_of_a_kind():
     assert isinstance(ReplayedMessage("x"), MessageError)
 
 
+def test_commit_seals_the_fingerprint_so_it_cannot_be_chosen_after_the_commit():
+    c = commitments.output_commitment("r", "h" * 64, b"p" * 32, {"max_tokens": 4}, [1, 2, 3])
+    salt, fp_, other_fp = b"s" * 32, b"\x01\x04\x01\x00" + b"a" * 16, b"\x01\x04\x01\x00" + b"b" * 16
+    commit = commitments.commit_hash(KEY.public, c, salt, fp_)
+    assert commitments.opens(commit, KEY.public, c, salt, fp_)
+    assert not commitments.opens(commit, KEY.public, c, salt, other_fp)  # another node's fingerprint
+    assert not commitments.opens(commit, KEY.public, c, salt)  # dropped after the fact
+    assert not commitments.opens(commitments.commit_hash(KEY.public, c, salt), KEY.public, c, salt, fp_)  # added
+    assert not commitments.opens(commit, KEY.public, c, salt, "text")  # not bytes
+
+
 def test_commit_binds_committer_so_a_copied_commit_cannot_be_opened():
     c = commitments.output_commitment("r", "h" * 64, b"p" * 32, {"max_tokens": 4}, [1, 2, 3])
     salt = b"s" * 32
