@@ -49,7 +49,8 @@ from actors.journal import SEALED as JOURNAL_SEALED, Journal
 from actors.liveness import Reviver
 from actors.outbox import Outbox, answer_each
 from actors.store import open_store
-from protocols import admission, commitments, crossval, messages, modes, obfuscation, receipts, settlement, streams
+from protocols import (admission, commitments, crossval, fingerprint, messages, modes, obfuscation, receipts,
+                       settlement, streams)
 from protocols.admission import Limits
 from protocols.crypto import SigningKey
 from protocols.errors import MessageError, SelectorMisbehaved, UnknownRequest, VerinferError
@@ -94,6 +95,8 @@ class Live:
     order: streams.ChunkOrder = field(default_factory=streams.ChunkOrder)  # which chunks pass, in order
     chunks: list = field(default_factory=list)  # what `stream` yields, in order
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)  # a chunk came, or the end
+    tolerance: dict | None = None  # a tolerant round: the model's calibrated tolerance (wire form)
+    fingerprints: dict[str, bytes] = field(default_factory=dict)  # member -> the fingerprint its reveal opened
 
     @property
     def client_id(self) -> str:
@@ -164,13 +167,13 @@ class Aggregator:
         req = admission.Request.parse(meta["request"])
         ra = meta["round"]
         rnd = Round(rid, ra["members"], ra["deadline_s"], ra["reveal_timeout_s"], ra["referees"], mode=ra["mode"],
-                    verifiers=ra["verifiers"])
+                    verifiers=ra["verifiers"], tolerant=ra.get("tolerance") is not None)
         loop = asyncio.get_running_loop()
         live = Live(req, "", rnd, meta.get("det_class", ""), meta["amount"], meta["t0"], first=loop.create_future(),
                     final=loop.create_future(), p=meta["p"],
                     transport=self._obfuscated if req.mode.pseudonymous else self._direct,
                     require_tee=meta["require_tee"], recipients=tuple(meta["recipients"]) if meta["recipients"]
-                    else None, stream=meta["stream"])
+                    else None, stream=meta["stream"], tolerance=ra.get("tolerance"))
         live.draws.extend(meta.get("draws", []))  # the quorum's draw, made before the round was journaled
         live.mapping.update(meta.get("mapping", {}))
         outcome = None
@@ -192,6 +195,7 @@ class Aggregator:
                 live.results[nid], live.outputs[nid], live.methods[nid] = raw, out, method
             elif kind == "reveal":
                 live.reveals[args[0]] = args[1]
+                live.fingerprints[args[0]] = messages.open_envelope(args[1], "reveal").body["fingerprint"]
             elif kind == "coin":
                 live.coin = args[0]
         return live, (outcome if rnd.done else None)
@@ -280,13 +284,19 @@ class Aggregator:
         cv = req.cross_validation
         amount = self.econ.price * adm.escrowed_runs  # cross-validation: the worst case, rest refunded
         loop = asyncio.get_running_loop()
+        # a model with a calibrated tolerant check draws across its tolerance group, unless the
+        # aggregator cannot read the claims its referees would check (sealed, obfuscated)
+        tolerance = (await self._model(req.model_id)).get("tolerance")
+        if req.sealed or req.mode.pseudonymous:
+            tolerance = None
         try:  # build and draw first: a request that cannot be served never touches the ledger
             rnd = Round(rid, adm.members, adm.deadline_s, self.limits.reveal_timeout_s,
                         adm.members + self.limits.referee_extra, mode=CROSS_VALIDATION if cv else SAMPLING,
-                        verifiers=req.n if cv else 0)
+                        verifiers=req.n if cv else 0, tolerant=tolerance is not None)
             live = Live(req, prompt, rnd, "", amount, t0, first=loop.create_future(), final=loop.create_future(),
                         p=adm.p, transport=self._obfuscated if req.mode.pseudonymous else self._direct,
-                        require_tee=req.attested, recipients=adm.recipients, stream=bool(stream))
+                        require_tee=req.attested, recipients=adm.recipients, stream=bool(stream),
+                        tolerance=tolerance)
             draw = await self._draw(live, adm.members, "quorum", QUORUM, (), coin=cv, hold=True)
             if self.journal is not None:  # durable before any money moves for it
                 self.journal.open(rid, {"request": req.raw, "amount": amount, "p": adm.p, "t0": t0,
@@ -297,7 +307,7 @@ class Aggregator:
                                                   "reveal_timeout_s": self.limits.reveal_timeout_s,
                                                   "referees": adm.members + self.limits.referee_extra,
                                                   "mode": CROSS_VALIDATION if cv else SAMPLING,
-                                                  "verifiers": req.n if cv else 0}})
+                                                  "verifiers": req.n if cv else 0, "tolerance": tolerance}})
                 self.journal.flush()
             try:
                 _raise_group_error(await self.outbox["escrow"].call((rid, req.client_id, amount)))
@@ -563,6 +573,7 @@ class Aggregator:
             if "sealed" not in out and \
                     commitments.output_digest(out["token_ids"], out["text"]) != env.body["output_digest"]:
                 raise MessageError("output does not match the signed digest")
+            accepts = self._judged(live, nid, env.body["verdicts"])
             self.guard.check_and_record(env)
         except Exception:  # a forged or malformed answer counts as no answer
             await self.member_failed(live, nid)
@@ -570,7 +581,8 @@ class Aggregator:
         live.msgs["result"] += 1
         self.counters["messages"] += 1
         try:
-            actions = self._step(live, "on_result", nid, env.sender, env.body["commit_hash"], time.time())
+            actions = self._step(live, "on_result", nid, env.sender, env.body["commit_hash"], time.time(),
+                                 list(accepts))
         except MessageError:
             return  # late (already timed out) or out of stage: ignored, and kept out of the receipt
         live.results[nid], live.outputs[nid] = env.raw, out
@@ -597,8 +609,38 @@ class Aggregator:
         except MessageError:
             return  # late: the member already timed out; its reveal is not evidence of this round
         live.reveals[nid] = env.raw
+        live.fingerprints[nid] = env.body["fingerprint"]
         self._note(live, "reveal", nid, env.raw)
         await self._run(live, actions)
+
+    # --- tolerant rounds: what referees check, and what their verdicts accept
+    def claims(self, live: Live) -> list[dict]:
+        """The revealed quorum claims a tolerant round's referees check: tokens (the output
+        the member handed over, if it hashes to its revealed commitment) and the fingerprint
+        its commit sealed."""
+        rnd, body, out = live.round, live.request.body, []
+        for m in rnd.of_role(QUORUM):
+            tokens = (live.outputs.get(m.node_id) or {}).get("token_ids")
+            if m.commitment is None or tokens is None or commitments.output_commitment(
+                    rnd.request_id, body["model_hash"], body["prompt_hash"], body["params"], tokens) != m.commitment:
+                continue
+            out.append({"node_id": m.node_id, "token_ids": list(tokens),
+                        "fingerprint": live.fingerprints.get(m.node_id, b"")})
+        return out
+
+    def _judged(self, live: Live, nid: str, verdicts: list) -> tuple[str, ...]:
+        """The quorum claims a referee's signed verdicts accept under the model's tolerance
+        (the rule receipts re-run: protocols.fingerprint.accepted). Verdicts from anyone
+        but a referee of a tolerant round are malformed."""
+        if not verdicts:
+            return ()
+        if live.tolerance is None or live.round.members[nid].role != REFEREE:
+            raise MessageError("only a referee of a tolerant round judges quorum claims")
+        rnd = live.round
+        claims = {m.node_id: (m.commitment, fingerprint.fingerprint_hash(live.fingerprints.get(m.node_id, b"")))
+                  for m in rnd.of_role(QUORUM) if m.commitment is not None}
+        return fingerprint.accepted(fingerprint.check_verdicts(verdicts), claims,
+                                    fingerprint.Tolerance.of(live.tolerance))
 
     def _authentic(self, live: Live, nid: str, raw: bytes, type_: str) -> messages.Envelope:
         """A pushed message that is not the member's own, or not fresh, changes nothing:
@@ -675,7 +717,8 @@ class Aggregator:
             return
         await self._apply(effects)
         selection = await live.transport.selection(live)
-        decision = dict(outcome.record(), mode=live.request.mode.name, coin=live.coin, unblinded=live.unblinded)
+        decision = dict(outcome.record(), mode=live.request.mode.name, coin=live.coin, unblinded=live.unblinded,
+                        tolerance=live.tolerance)
         committed = [nid for nid in rnd.members if nid in live.results]
         receipt = receipts.build(rnd.request_id, live.request.raw, selection, [live.results[n] for n in committed],
                                  [live.reveals[n] for n in committed if n in live.reveals], decision,

@@ -38,6 +38,7 @@ BEHAVIOURS = {
     "substitute": "runs a different, smaller model but claims the registered one",
     "requantize": "runs the registered weights rounded to lower precision",
     "random": "returns random tokens without running the model",
+    "truncate": "runs the model faithfully, then claims only the first half of its output",
     "copy": "runs nothing; copies another node's commit hash from the public board",
     "silent": "accepts requests and never answers",
     "no-reveal": "commits like an honest node, then never reveals",
@@ -234,7 +235,8 @@ class NodeExecutor:
     def _check_request(self, request_raw: bytes, prompt) -> tuple[admission.Request, str]:
         """protocols.admission's node rules; a sealed prompt is opened, then its hash checked.
         Returns (request, plaintext prompt)."""
-        served = self.engine.model_hash() if self.behaviour in ("honest", "substitute", "requantize") else None
+        served = self.engine.model_hash() if self.behaviour in ("honest", "substitute", "requantize", "truncate") \
+            else None
         try:
             req = admission.admit_at_node(request_raw, prompt, served)
         except ModelHashMismatch:
@@ -283,12 +285,35 @@ class NodeExecutor:
                 if stream is not None:
                     await stream.close(gen.token_ids)
                 token_ids, text, fingerprint = gen.token_ids, gen.text, gen.fingerprint
+                if self.behaviour == "truncate" and len(token_ids) > 1:  # (keeps the full output's fingerprint)
+                    token_ids = token_ids[:len(token_ids) // 2]
+                    text = self._detokenize(token_ids)
                 if verdict is not None:
                     method = "prefill-uncertain+generate" if verdict.uncertain else "prefill-reject+generate"
         return token_ids, text, method, time.perf_counter() - t0, fingerprint
 
+    async def _judge(self, body: dict, prompt: str, claims: list, tolerance: dict | None) -> list[dict]:
+        """A referee of a tolerance group: the tolerant check (one prefill) of each quorum claim,
+        as signed verdicts with the measured margins (protocols.fingerprint.verdict)."""
+        from protocols import fingerprint as fingerprints
+
+        if not claims or not hasattr(self.engine, "verify_tolerant") or \
+                self.behaviour not in ("honest", "substitute", "requantize", "truncate"):
+            return []
+        tol, params = fingerprints.Tolerance.of(tolerance), SamplingParams.from_wire(body["params"])
+        out = []
+        for c in claims[:fingerprints.MAX_VERDICTS]:
+            tokens, blob = [int(t) for t in c["token_ids"]], bytes(c["fingerprint"])
+            v = await self._on_engine(self.engine.verify_tolerant, prompt, params, tokens, blob, tol)
+            commitment = commitments.output_commitment(body["request_id"], body["model_hash"], body["prompt_hash"],
+                                                       body["params"], tokens)
+            out.append(fingerprints.verdict(str(c["node_id"]), commitment, blob, v.tokens.worst, v.tokens.mismatch_at,
+                                            v.fingerprint))
+        return out
+
     async def _commit(self, body: dict, member_id: str, role: str, signer: SigningKey, token_ids: list[int],
-                      text: str, method: str, seconds: float, fingerprint: bytes = b"") -> dict:
+                      text: str, method: str, seconds: float, fingerprint: bytes = b"",
+                      verdicts: list | None = None) -> dict:
         rid = body["request_id"]
         commitment = commitments.output_commitment(rid, body["model_hash"], body["prompt_hash"], body["params"],
                                                    token_ids)
@@ -301,7 +326,7 @@ class NodeExecutor:
         env = messages.seal("result", {
             "request_id": rid, "node_id": member_id, "role": role, "commit_hash": commit,
             "output_digest": commitments.output_digest(token_ids, text),
-            "engine_seconds": float(seconds), "nonce": os.urandom(16),
+            "engine_seconds": float(seconds), "nonce": os.urandom(16), "verdicts": list(verdicts or []),
         }, signer)
         output = {"token_ids": token_ids, "text": text}
         prompt_tokens = self._prompt_tokens.pop(rid, None)
@@ -312,7 +337,8 @@ class NodeExecutor:
         return {"envelope": env.raw, "output": output, "method": method, "engine_seconds": seconds}
 
     async def execute(self, request_raw: bytes, prompt: str, role: str, claimed: list[int] | None = None,
-                      signer: bytes | None = None, stream: bool = False, reply_to: int = 0) -> dict:
+                      signer: bytes | None = None, stream: bool = False, reply_to: int = 0,
+                      claims: list | None = None, tolerance: dict | None = None) -> dict:
         """Run (or, given `claimed` tokens of another node, verify) one request.
 
         Verification tries one prefill pass; if the claim is rejected or a near-tie
@@ -320,7 +346,10 @@ class NodeExecutor:
         `signer`: the public key the draw named (keys rotate between epochs).
         `stream`: push signed chunks of tokens to the aggregator as they are made
         (never for a sealed request: its output is for the client alone).
-        `reply_to`: the aggregator shard holding the round (chunks go there)."""
+        `reply_to`: the aggregator shard holding the round (chunks go there).
+        `claims` (a referee of a tolerance group): the revealed quorum claims, {node_id,
+        token_ids, fingerprint} each, to check within `tolerance`; the verdicts go into the
+        signed result."""
         key = self._signer(signer)
         try:
             req, prompt = self._check_request(request_raw, prompt)
@@ -333,7 +362,8 @@ class NodeExecutor:
             streamer = Streamer(req.request_id, self.node_id, role, key, self._detokenize,
                                 self._aggregator(req.request_id))
         out = await self._run(req.body, prompt, claimed, streamer)
-        return await self._commit(req.body, self.node_id, role, key, *out)
+        verdicts = await self._judge(req.body, prompt, claims, tolerance) if role == "referee" and claims else []
+        return await self._commit(req.body, self.node_id, role, key, *out, verdicts=verdicts)
 
     async def reveal(self, request_id: str, member_id: str | None = None) -> bytes:
         if member_id is None:  # (reveal_ticket counts its own call)

@@ -31,7 +31,7 @@ from typing import Any
 
 from actors.peers import find as _actor, me as _self_handle
 from actors.store import open_store
-from protocols.determinism import class_id
+from protocols.determinism import class_id, group_id
 from protocols.errors import DuplicateNode, ModelHashMismatch, NodeError, UnknownModel, UnknownNode
 from protocols.selection import NodeView
 
@@ -45,6 +45,15 @@ class ModelRecord:
     timeout_s: float | None = None  # member deadline rule (None: the network's limits)
     timeout_per_token_s: float | None = None
     chat_template: str | None = None  # jinja template chats are rendered with (None: no template)
+    tolerance: dict | None = None  # calibrated tolerant check (protocols.fingerprint.Tolerance): nodes form a group
+
+    def group(self) -> str:
+        """The model's tolerance group ("" = exact-match classes only)."""
+        if self.tolerance is None:
+            return ""
+        from protocols.fingerprint import Tolerance
+
+        return group_id(self.model_hash, Tolerance.of(self.tolerance).to_wire())
 
 
 @dataclass
@@ -63,10 +72,11 @@ class NodeRecord:
     attestation: dict = field(default_factory=dict)  # last verified evidence: digest, simulated, tcb, ...
     attested_until: float = 0.0
     epoch: int = 0  # attestations accepted so far (each renewal is a new key generation)
+    group: str = ""  # tolerance group (across hardware, dtype, threads): "" when the model has none
 
     def view(self) -> NodeView:
         return NodeView(self.node_id, self.model_id, self.det_class, self.stake, self.live, self.attested,
-                        self.attested_until)
+                        self.attested_until, self.group)
 
 
 MAX_OPEN_CHALLENGES = 8
@@ -178,14 +188,22 @@ class ModelRegistry:
     # --- models
     async def register_model(self, model_id: str, model_hash: str, engine: str, max_prompt_tokens: int = 1024,
                        weights_key: bytes | None = None, timeout_s: float | None = None,
-                       timeout_per_token_s: float | None = None) -> dict:
+                       timeout_per_token_s: float | None = None, tolerance: dict | None = None) -> dict:
+        """`tolerance`: the model's calibrated tolerant check; its nodes then also form a
+        tolerance group (protocols.determinism.group_id) that plaintext rounds draw from."""
         if not model_id or len(model_hash) != 64:
             raise ValueError("a model needs an id and a hex SHA-256 content hash")
+        if tolerance is not None:
+            from protocols.fingerprint import Tolerance
+
+            tolerance = Tolerance.of(tolerance).to_wire()  # (a malformed one is refused here)
         old = self.models.get(model_id)
         if old is not None and old.model_hash != model_hash:
             raise ModelHashMismatch(f"model {model_id!r} is registered with another hash")
+        if old is not None and old.tolerance != tolerance and any(n.model_id == model_id for n in self.nodes.values()):
+            raise ModelHashMismatch(f"model {model_id!r} has nodes admitted under another tolerance")
         self.models[model_id] = ModelRecord(model_id, model_hash, engine, max_prompt_tokens, timeout_s,
-                                            timeout_per_token_s)
+                                            timeout_per_token_s, tolerance=tolerance)
         if weights_key is not None:
             self._weight_keys[model_id] = bytes(weights_key)
         self._save(models=[model_id])
@@ -227,7 +245,7 @@ class ModelRegistry:
         if any(n.pubkey == pubkey for n in self.nodes.values()):
             raise DuplicateNode("another node already uses this public key")
         rec = NodeRecord(node_id, bytes(pubkey), model_id, class_id(fingerprint), dict(fingerprint), int(stake),
-                         True, attested, handle, handle_name, bytes(kem_pub))
+                         True, attested, handle, handle_name, bytes(kem_pub), group=model.group())
         self.nodes[node_id] = rec
         await self._changed([node_id])
         return self.describe(node_id)

@@ -86,25 +86,29 @@ class QuorumSelector:
     async def draw(self, request_id: str, model_id: str, n: int, label: str = "quorum",
                    exclude: tuple[str, ...] = (), det_class: str | None = None,
                    allow_fewer: bool = False, require_attested: bool = False, coin: bool = False,
-                   within: tuple[str, ...] | None = None, owner: int | None = None) -> dict:
+                   within: tuple[str, ...] | None = None, owner: int | None = None,
+                   tolerant: bool = False) -> dict:
         """Draw n nodes; with allow_fewer, as many as are eligible (possibly none).
         owner: the aggregator shard asking. A request is drawn for one shard only: the
         same request through another shard is a replay (the shards' guards are their own).
         within: only these nodes may be drawn (a sealed prompt's recipients); the
         others are recorded as excluded, so the receipt still recomputes the draw.
 
+        tolerant: draw across the model's tolerance group (hardware, dtype and batching
+        may differ) when it has one; else within one exact determinism class.
+
         coin=True (cross-validation) also fixes a secret coin seed for the request
         and returns only its commitment; `reveal_coin` opens it later."""
         try:
             return await self._draw(request_id, model_id, n, label, exclude, det_class, allow_fewer,
-                                    require_attested, coin, within, owner)
+                                    require_attested, coin, within, owner, tolerant)
         except NotEnoughNodes:  # the view may trail the registry by a push: ask it once, then decide
             self._all_views, self._version = None, -1
             return await self._draw(request_id, model_id, n, label, exclude, det_class, allow_fewer,
-                                    require_attested, coin, within, owner)
+                                    require_attested, coin, within, owner, tolerant)
 
     async def _draw(self, request_id, model_id, n, label, exclude, det_class, allow_fewer, require_attested,
-                    coin, within, owner=None) -> dict:
+                    coin, within, owner=None, tolerant=False) -> dict:
         views, keys = await self._views(model_id)
         if within is not None:
             allowed = set(within)
@@ -118,7 +122,8 @@ class QuorumSelector:
         seed, proof = selection.draw_randomness(self.vrf, request_id, label)
         now = time.time()
         if det_class is None:
-            det_class = selection.choose_class(views, model_id, n, self.min_stake, seed, require_attested, now)
+            det_class = selection.choose_class(views, model_id, n, self.min_stake, seed, require_attested, now,
+                                               tolerant)
         pool = selection.eligible(views, model_id, self.min_stake, det_class, exclude, require_attested, now)
         asked = n
         if allow_fewer:

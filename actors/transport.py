@@ -59,7 +59,7 @@ class Direct:
         a = self.agg
         d = await a.outbox["draw"].call(dict(  # with the other draws of this tick, in one call
             request_id=live.round.request_id, model_id=live.model_id, n=count, label=label, exclude=exclude,
-            det_class=live.det_class or None, allow_fewer=allow_fewer, coin=coin,
+            det_class=live.det_class or None, allow_fewer=allow_fewer, coin=coin, tolerant=live.tolerance is not None,
             require_attested=attested or live.require_tee, within=live.recipients, owner=self.agg.shard))
         live.draws.append(d)
         return d
@@ -72,11 +72,15 @@ class Direct:
         claimed = live.outputs[act.verify_of].get("token_ids") if act.verify_of else None
         live.msgs["dispatch"] += len(act.node_ids)
         stream = live.stream and claimed is None and act.role == QUORUM
+        # a tolerant round's referees also check each revealed quorum claim (tolerant check)
+        judge = {"claims": self.agg.claims(live), "tolerance": live.tolerance} \
+            if act.role != QUORUM and live.tolerance is not None else {}
         # (one call per member: a streaming execute_many, answering each request as it
         # finished, measured no faster here, since Ray reports each yielded item like a return)
         for nid in act.node_ids:
             ref = (await self.agg.handle(nid)).execute.remote(live.request.raw, live.prompt, act.role, claimed,
-                                                              live.round.members[nid].key, stream, self.agg.shard)
+                                                              live.round.members[nid].key, stream, self.agg.shard,
+                                                              **judge)
             live.calls[nid] = ref
             spawn(self.agg._tasks, self._await_result(live, nid, ref))
 

@@ -26,6 +26,7 @@ against generation time at 128 tokens.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import time
 
@@ -171,6 +172,27 @@ def passes(s: dict, tol: fp.Tolerance) -> bool:
             and s["mean_err"] <= th.max_mean_err and s["max_err"] <= th.max_err)
 
 
+def load(s: dict, tol: fp.Tolerance) -> float:
+    """How much of the tolerance a pair used: the largest of its scores over their
+    thresholds (1 = at the limit; a claim whose tokens fail the rule counts as infinite).
+    `passes` is load <= 1; scaling every threshold by x moves the cut to x, so sweeping
+    x traces each cheat's ROC against the honest pairs."""
+    th = tol.thresholds
+    if not s["tokens_ok"]:
+        return math.inf
+    return max(s["token_margin"] / max(tol.token_margin, 1e-12),
+               (1 - s["overlap"]) / max(1 - th.min_overlap, 1e-12),
+               s["mean_err"] / max(th.max_mean_err, 1e-12), s["max_err"] / max(th.max_err, 1e-12))
+
+
+def roc(honest: list[float], cheat: list[float]) -> list[tuple[float, float]]:
+    """(false positive rate, detection rate) as the cut moves over every observed load."""
+    cuts = sorted({x for x in honest + cheat if math.isfinite(x)} | {0.0})
+    pts = [(sum(h > c for h in honest) / max(1, len(honest)), sum(x > c for x in cheat) / max(1, len(cheat)))
+           for c in cuts]
+    return sorted(set(pts + [(0.0, 0.0), (1.0, 1.0)]))
+
+
 def timing(engine, tokens: int, reps: int) -> dict:
     """Verification (one prefill + checks) against generation, `tokens` greedy tokens."""
     prompt = "Tell me a long story about a lighthouse keeper and the sea."
@@ -217,12 +239,20 @@ def main(argv=None) -> int:
         tol = calibrate(cal, args.slack)
         fpr = sum(not passes(p, tol) for p in held)
         detect = {c: {"n": len(v), "caught": sum(not passes(s, tol) for s in v)} for c, v in got["cheats"].items()}
+        loads = {"honest": [load(p, tol) for p in held]}
+        loads.update({c: [load(s, tol) for s in v] for c, v in got["cheats"].items()})
         t = timing(next(iter(honest.values())), 128, 3 if name == "tiny" else 1)
         result["engines"][name] = {
             "configs": list(honest), "honest_pairs": len(pairs), "calibration_pairs": len(cal),
             "held_out_pairs": len(held), "false_positives": fpr, "tolerance": tol.to_wire(),
             "differing_tokens_pairs": sum(not p["same_tokens"] for p in pairs),
             "detection": detect, "timing_128": t,
+            # per cheat: (false positive rate on held-out honest pairs, detection rate) as the cut moves
+            "roc": {c: roc(loads["honest"], loads[c]) for c in got["cheats"]},
+            # the least of the tolerance a cheat of each kind needed (None: every one failed the token rule)
+            "min_cheat_load": {c: (lambda m: m if math.isfinite(m) else None)(min(v, default=math.inf))
+                               for c, v in loads.items() if c != "honest"},
+            "max_honest_load": max(loads["honest"], default=0.0),
             "honest_scores": {k: [p[k] for p in pairs] for k in ("token_margin", "overlap", "mean_err", "max_err")},
             "cheat_scores": {c: {k: [s[k] for s in v] for k in ("token_margin", "overlap", "mean_err", "max_err")}
                              for c, v in got["cheats"].items()},
@@ -241,10 +271,10 @@ def main(argv=None) -> int:
 def plot(result: dict, out_dir: str) -> str:
     plt = common.pyplot()
     names = list(result["engines"])
-    fig, axes = plt.subplots(len(names), 2, figsize=(11, 4 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(len(names), 3, figsize=(16, 4.4 * len(names)), squeeze=False)
     for row, name in zip(axes, names):
         e = result["engines"][name]
-        a, b = row
+        a, b, c = row
         bins = [10 ** (x / 4) for x in range(-20, 5)]
         a.hist([max(x, 1e-5) for x in e["honest_scores"]["mean_err"]], bins=bins, alpha=0.6, label="honest pairs",
                color="tab:green")
@@ -259,6 +289,16 @@ def plot(result: dict, out_dir: str) -> str:
         b.axhline(100, color="k", ls=":")
         b.set(ylabel="cheats caught (%)", title=f"false positives: {e['false_positives']} of {e['held_out_pairs']}")
         b.tick_params(axis="x", rotation=30, labelsize=7)
+        for cheat, pts in e.get("roc", {}).items():
+            c.plot([x for x, _ in pts], [y for _, y in pts], drawstyle="steps-post", label=cheat)
+        c.plot([0, 1], [0, 1], color="0.8", ls=":")
+        c.set(xlabel="false positive rate (held-out honest pairs)", ylabel="detection rate",
+              title=f"{name}: ROC per cheat (cut on the tolerance used)", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+        c.legend(fontsize=7, loc="lower right")
+    m = result.get("machine", {})
+    fig.suptitle(f"Tolerant verification calibration — {m.get('platform', 'CPU')}, "
+                 f"{m.get('cpus', '?')} cores, torch {m.get('torch', '?')}", fontsize=10)
+    fig.tight_layout()
     return common.save_png(fig, out_dir, NAME)
 
 

@@ -157,6 +157,13 @@ def cmd_verify(args) -> int:
           + ("" if keys else " (key not pinned: pass --aggregator-key to trust only a known aggregator)")
           + (f"; attested members: {s.attested}" if s.attested else "")
           + (" (attestation unverified: pass --trust-root)" if s.attested and not roots else ""))
+    if s.tolerance is not None:  # a tolerance group's round: the verdict logic was re-checked above
+        t = s.tolerance
+        print(f"  tolerance group: token margin <= {t['token_margin']:g}, fingerprint "
+              + ", ".join(f"{k} {v:g}" for k, v in t["fingerprint"].items())
+              + "; accepted by referees: "
+              + (", ".join(f"{n}: {list(r)}" for n, r in sorted(s.accepted_by.items()))
+                 if "referee" in s.members.values() else "none needed (no dispute)"))
     return EXIT_OK
 
 

@@ -4,8 +4,9 @@
     [economics]  price, fee_fraction, collateral, min_stake, *_slash_fraction, referee_fraction
     [limits]     timeout_s, reveal_timeout_s, max_prompt_chars, max_n, max_tokens, referee_extra, client_credit,
                  default_p (cross-validation check probability), max_batch_calls (1 = no batch calls)
-    [[models]]   id, engine ("tiny" | "smollm2" | "vllm"), options = { engine kwargs }, tolerance (calibrated)
-    [[nodes]]    model, count, prefix, threads, gpus (0 = CPU executors), cpus (0 = fair share)
+    [[models]]   id, engine ("tiny" | "smollm2" | "vllm"), options = { engine kwargs }, tolerance (calibrated),
+                 match ("tolerant": plaintext rounds draw across the model's tolerance group; "exact")
+    [[nodes]]    model, count, prefix, threads, dtype (CPU engines: "float32" | "bfloat16"), gpus, cpus
     [malicious]  "<node id>" = "<behaviour>"   (experiments only)
     [attestation] provider, allow_simulated, root_seed, tcb_version, min_tcb_version, max_age_s, epoch_s, renew_fraction
 
@@ -29,6 +30,7 @@ from protocols.errors import ConfigError
 from protocols.ledger import Economics
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+TOLERANT_ENGINES = ("tiny", "smollm2")  # engines with a tolerant check (verify_tolerant) and fingerprints
 ENGINES = tuple(_ENGINES)  # one spec per engine: actors.engines.ENGINES
 
 
@@ -69,10 +71,23 @@ class ModelSection:
     # tolerant verification (protocols.fingerprint.Tolerance): calibrated by benchmarks/tolerance.py;
     # absent: this model is checked by exact match only
     tolerance: dict[str, Any] | None = None
+    # "tolerant" (the default with a tolerance): nodes of any hardware, dtype, threads or batching
+    # form one group that plaintext rounds draw from, and disputes weigh the tolerant check;
+    # "exact": quorums stay within one bit-identical determinism class (the default without one)
+    match: str = ""
 
     def __post_init__(self) -> None:
         if not self.id:
             raise ConfigError("models.id must be non-empty")
+        self.match = self.match or ("tolerant" if self.tolerance is not None else "exact")
+        if self.match not in ("tolerant", "exact"):
+            raise ConfigError(f"models[{self.id}].match must be \"tolerant\" or \"exact\"")
+        if self.match == "tolerant" and self.tolerance is None:
+            raise ConfigError(f"models[{self.id}].match = \"tolerant\" needs a calibrated tolerance "
+                              "(python -m benchmarks.tolerance)")
+        if self.match == "tolerant" and self.engine not in TOLERANT_ENGINES:
+            raise ConfigError(f"models[{self.id}]: the {self.engine} engine has no tolerant check "
+                              f"({' and '.join(TOLERANT_ENGINES)} do); use match = \"exact\"")
         if self.tolerance is not None:
             from protocols.errors import MalformedMessage
             from protocols.fingerprint import Tolerance
@@ -96,6 +111,10 @@ class ModelSection:
 
         return None if self.tolerance is None else Tolerance.of(self.tolerance)
 
+    def group_tolerance(self) -> dict | None:
+        """What the registry groups this model's nodes by (None: exact classes only)."""
+        return self.tolerant().to_wire() if self.match == "tolerant" else None
+
 
 @dataclass
 class NodeGroup:
@@ -103,6 +122,7 @@ class NodeGroup:
     count: int  # how many nodes
     prefix: str = ""  # node ids are f"{prefix}-{i:02d}" (default: model id)
     threads: int = 1  # torch threads per executor (part of the determinism class)
+    dtype: str = ""  # CPU engines: "float32" | "bfloat16" ("" = the engine's default); part of the class
     gpus: int = 0  # 1 = each executor pinned to its own GPU bundle
     cpus: float = 0.0  # CPU executors: Ray CPUs each (0 = a fair share of the free CPUs)
 
@@ -111,6 +131,8 @@ class NodeGroup:
             raise ConfigError(f"nodes[{self.model}].count must be an integer >= 1")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ConfigError(f"nodes[{self.model}].threads must be an integer >= 1")
+        if self.dtype not in ("", "float32", "bfloat16"):
+            raise ConfigError(f"nodes[{self.model}].dtype must be \"float32\" or \"bfloat16\"")
         if self.gpus not in (0, 1):
             raise ConfigError(f"nodes[{self.model}].gpus must be 0 or 1")
         if not isinstance(self.cpus, (int, float)) or isinstance(self.cpus, bool) or not 0 <= self.cpus <= 64:

@@ -59,10 +59,12 @@ def model_hash(model: ModelSection) -> str:
     return engines.engine(model.engine).model_hash(model.id, dict(model.options))
 
 
-def engine_spec(model: ModelSection, threads: int, sealed: dict | None = None) -> dict:
+def engine_spec(model: ModelSection, threads: int, sealed: dict | None = None, dtype: str = "") -> dict:
     spec = {"engine": model.engine, **{k: v for k, v in model.options.items() if k != "encrypted_weights"}}
     if engines.engine(model.engine).threads:
         spec["threads"] = threads
+        if dtype:  # (another precision of the same weights: another class, the same tolerance group)
+            spec["dtype"] = dtype
     if sealed and model.id in sealed:  # weights at rest: the node gets only the ciphertext
         spec.update(encrypted_path=sealed[model.id], expected_hash=model_hash(model), model_id=model.id)
     return spec
@@ -201,7 +203,8 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
             if not (m.id in known and known[m.id]["model_hash"] == hashes[m.id] and os.path.exists(sealed_paths[m.id])):
                 keys[m.id] = encrypt_weights(m, sealed_paths[m.id])
     ray.get([registry.register_model.remote(m.id, hashes[m.id], m.engine, weights_key=keys.get(m.id),
-                                                   timeout_s=m.timeout_s, timeout_per_token_s=m.timeout_per_token_s)
+                                                   timeout_s=m.timeout_s, timeout_per_token_s=m.timeout_per_token_s,
+                                                   tolerance=m.group_tolerance())
              for m in cfg.models if not (m.id in known and known[m.id]["model_hash"] == hashes[m.id])])
     log(f"registered {len(cfg.models)} model(s): " + ", ".join(f"{k}={v[:12]}…" for k, v in hashes.items()))
 
@@ -222,7 +225,7 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
         new[p.node_id] = ray.remote(NodeExecutor).options(
             name=actor_name(cfg, f"node/{p.node_id}"), max_concurrency=64, **ns, **life, **EXECUTOR_RESTARTS,
             **p.options,
-        ).remote(p.node_id, engine_spec(cfg.model(g.model), g.threads, sealed_paths),
+        ).remote(p.node_id, engine_spec(cfg.model(g.model), g.threads, sealed_paths, g.dtype),
                  cfg.malicious.get(p.node_id, "honest"), agg_names, cfg.network.namespace if detached else None,
                  attestation=att_spec, registry_name=actor_name(cfg, "registry"))
     executors.update(new)

@@ -48,7 +48,9 @@ def commit_hash(committer: bytes, commitment: bytes, salt: bytes, fingerprint: b
     cannot choose its fingerprint after seeing another's."""
     if not fingerprint:
         return sha256(COMMIT_DOMAIN, committer, commitment, salt)
-    return sha256(FINGERPRINTED_DOMAIN, committer, commitment, salt, sha256(b"verinfer/fingerprint|", fingerprint))
+    from .fingerprint import fingerprint_hash
+
+    return sha256(FINGERPRINTED_DOMAIN, committer, commitment, salt, fingerprint_hash(fingerprint))
 
 
 def opens(commit: bytes, committer: bytes, commitment: bytes, salt: bytes, fingerprint: bytes = b"") -> bool:

@@ -192,3 +192,72 @@ class Tolerance:
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1 or math.isnan(m):
             raise MalformedMessage("tolerance: token_margin must be a number in [0, 1]")
         return cls(float(m), Thresholds.of(d.get("fingerprint")))
+
+
+# ---- referees' verdicts: what a tolerant check measured, and what it accepts --------------
+VERDICT_FIELDS = frozenset({"node_id", "commitment", "fingerprint_hash", "token_margin", "mismatch_at",
+                            "overlap", "mean_err", "max_err", "chunks"})
+MAX_VERDICTS = 64
+
+
+def fingerprint_hash(blob: bytes) -> bytes:
+    """What a verdict names of the fingerprint it checked (the commit seals the same hash)."""
+    from .canonical import sha256
+
+    return sha256(b"verinfer/fingerprint|", bytes(blob))
+
+
+def verdict(node_id: str, commitment: bytes, blob: bytes, token_margin: float, mismatch_at: int | None,
+            match: Match) -> dict:
+    """A referee's signed account of one tolerant check (it goes into its result envelope,
+    so the receipt carries it): whose claim, which committed output and fingerprint, and
+    the measured margins. Whether it passes is not the referee's word: `accepts`."""
+    return {"node_id": node_id, "commitment": bytes(commitment), "fingerprint_hash": fingerprint_hash(blob),
+            "token_margin": float(token_margin), "mismatch_at": mismatch_at, "overlap": float(match.overlap),
+            "mean_err": float(match.mean_err), "max_err": float(match.max_err), "chunks": int(match.chunks)}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def check_verdicts(verdicts) -> list[dict]:
+    """The verdicts field of a result, well formed, or MalformedMessage."""
+    if not isinstance(verdicts, list) or len(verdicts) > MAX_VERDICTS:
+        raise MalformedMessage(f"verdicts: a list of at most {MAX_VERDICTS}")
+    seen = set()
+    for v in verdicts:
+        if not isinstance(v, dict) or set(v) != VERDICT_FIELDS:
+            raise MalformedMessage(f"a verdict is a map of {sorted(VERDICT_FIELDS)}")
+        if not isinstance(v["node_id"], str) or v["node_id"] in seen:
+            raise MalformedMessage("a verdict names one quorum member, once")
+        seen.add(v["node_id"])
+        if not isinstance(v["commitment"], bytes) or not isinstance(v["fingerprint_hash"], bytes):
+            raise MalformedMessage("a verdict names the commitment and fingerprint hash it checked")
+        if not all(_number(v[k]) for k in ("token_margin", "overlap", "mean_err", "max_err")) \
+                or not (v["mismatch_at"] is None or (isinstance(v["mismatch_at"], int)
+                                                     and not isinstance(v["mismatch_at"], bool))) \
+                or not isinstance(v["chunks"], int) or isinstance(v["chunks"], bool):
+            raise MalformedMessage("a verdict's margins are numbers")
+    return verdicts
+
+
+def accepts(v: dict, tol: Tolerance) -> bool:
+    """Whether a verdict's measured margins are within the model's calibrated tolerance:
+    every token within `token_margin` of the verifier's choice, and the fingerprint within
+    its thresholds (the same rule `compare` applies, recomputed from the figures)."""
+    th = tol.thresholds
+    return v["mismatch_at"] is None and v["token_margin"] <= tol.token_margin and v["overlap"] >= th.min_overlap \
+        and v["mean_err"] <= th.max_mean_err and v["max_err"] <= th.max_err
+
+
+def accepted(verdicts: list[dict], claims: dict[str, tuple[bytes, bytes]], tol: Tolerance) -> tuple[str, ...]:
+    """The quorum members whose claim a referee's verdicts accept: the verdict must name the
+    member's revealed commitment and fingerprint (`claims`: node -> (commitment,
+    fingerprint hash)) and pass `accepts`. Sorted; what the round and the receipt both use."""
+    out = []
+    for v in verdicts:
+        claim = claims.get(v["node_id"])
+        if claim is not None and (v["commitment"], v["fingerprint_hash"]) == claim and accepts(v, tol):
+            out.append(v["node_id"])
+    return tuple(sorted(out))

@@ -60,6 +60,9 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
         "output_digest": (bytes,),
         "engine_seconds": (float, int),
         "nonce": (bytes,),
+        # a referee of a tolerance group: its tolerant check of each disputed quorum claim
+        # (protocols.fingerprint.check_verdicts says what an entry holds)
+        "verdicts": (list,),
     },
     # node -> aggregator, phase 2: open the commitment.
     "reveal": {
@@ -105,6 +108,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
 OPTIONAL: dict[str, dict[str, Any]] = {t: {} for t in SCHEMAS}
 OPTIONAL["request"] = {"p": None, "require_tee": False, "sealed": False, "client_kem": b""}
 OPTIONAL["reveal"] = {"fingerprint": b""}
+OPTIONAL["result"] = {"verdicts": []}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,15 @@ commit; and it recomputes the whole decision record with protocols.decision —
 the function the round itself decided with — and rejects the receipt unless
 every field matches (status, commitment, output node, paid, slashes and their
 reasons, beneficiaries, referees, excused, disputed, degraded, detail, branch,
-coin, unblinded). Duplicate or unknown results, reveals and draws are rejected.
+coin, unblinded, tolerance).
+
+Tolerance groups: a receipt whose draws name a tolerance group carries the
+model's calibrated tolerance (the group id hashes it with the model hash, so it
+must be the one the draws were made under). Each referee's signed result holds
+its verdicts on the disputed quorum claims (the commitment and fingerprint it
+checked, the measured margins); the verifier re-judges every verdict under that
+tolerance (protocols.fingerprint.accepted) and feeds what they accept into the
+decision. It re-checks the verdict logic, not the prefills themselves. Duplicate or unknown results, reveals and draws are rejected.
 Given the output tokens, it also checks they are the ones the accepted
 commitment binds.
 
@@ -30,7 +38,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from . import commitments, crossval, decision, messages, modes, obfuscation, selection, vrf
+from . import commitments, crossval, decision, determinism, fingerprint, messages, modes, obfuscation, selection, vrf
 from .canonical import pack, sha256
 from .crypto import verify as verify_sig
 from .errors import BadSignature
@@ -40,7 +48,7 @@ from .errors import InvalidParams, MessageError, ReceiptInvalid, VerinferError
 QUORUM, REFEREE = "quorum", "referee"
 COIN_LABEL = "coin"  # the VRF label of the cross-validation coin
 COIN_FIELDS = frozenset({"commit", "seed", "proof", "p", "node_id", "commit_hash", "checked"})
-DECISION_FIELDS = frozenset(decision.RECORD_FIELDS) | {"mode", "coin", "unblinded"}
+DECISION_FIELDS = frozenset(decision.RECORD_FIELDS) | {"mode", "coin", "unblinded", "tolerance"}
 
 
 def build(request_id: str, request_raw: bytes, selection_record: dict, results: Sequence[bytes],
@@ -81,6 +89,10 @@ class ReceiptSummary:
     mode: str = "sampling"
     branch: str = ""  # cross-validation: checked | unchecked
     attested: dict | None = None  # node id -> "simulated" | "hardware" for attested members
+    # tolerance groups: the tolerance disputes were judged by, and per revealed quorum member the
+    # referees whose verdicts accepted its claim (a dispute's benign members are the majority-accepted)
+    tolerance: dict | None = None
+    accepted_by: dict | None = None
 
 
 def _fail(msg: str) -> None:
@@ -198,13 +210,32 @@ def _verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None,
                 attested[nid] = _check_attestation((d.get("attestations") or {}).get(nid), key, nid, check)
             keys[nid], roles[nid], replacement[nid] = key, role, label.startswith("replace:")
 
+    # --- the tolerance disputes were judged by (tolerance groups only)
+    dec = body["decision"]
+    if not isinstance(dec, dict) or set(dec) != DECISION_FIELDS:
+        _fail("decision record has missing or unknown fields")
+    tol = None
+    if dec["tolerance"] is not None:
+        tol = fingerprint.Tolerance.of(dec["tolerance"])
+        group = determinism.group_id(rb["model_hash"], tol.to_wire())
+        if obf or not sel.get("draws") or any(d.get("det_class") != group for d in sel["draws"]):
+            _fail("a tolerance is carried only by a round drawn from that tolerance group of the model")
+    elif any(determinism.is_group(d.get("det_class")) for d in sel.get("draws", [])):
+        _fail("a round drawn from a tolerance group must carry the tolerance its disputes were judged by")
+
     # --- evidence
     commits: dict[str, bytes] = {}
+    verdicts: dict[str, list] = {}
     for raw_result in body["results"]:
         r = _member_msg(raw_result, "result", rid, keys, roles)
         if r.body["node_id"] in commits:
             _fail(f"two results from {r.body['node_id']}")
         commits[r.body["node_id"]] = r.body["commit_hash"]
+        if r.body["verdicts"]:
+            if tol is None or roles[r.body["node_id"]] != REFEREE:
+                _fail(f"{r.body['node_id']}: only a referee of a tolerance group judges quorum claims")
+            verdicts[r.body["node_id"]] = fingerprint.check_verdicts(r.body["verdicts"])
+    fp_hashes: dict[str, bytes] = {}
     revealed: dict[str, bytes | None] = {}  # None = reveal does not open the commit
     for raw_reveal in body["reveals"]:
         r = _member_msg(raw_reveal, "reveal", rid, keys, roles)
@@ -215,11 +246,16 @@ def _verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None,
             _fail(f"two reveals from {nid}")
         ok = commitments.opens(commits[nid], keys[nid], r.body["commitment"], r.body["salt"], r.body["fingerprint"])
         revealed[nid] = r.body["commitment"] if ok else None
+        fp_hashes[nid] = fingerprint.fingerprint_hash(r.body["fingerprint"])
+    accepted_by: dict[str, tuple[str, ...]] = {}
+    if tol is not None:
+        claims = {nid: (c, fp_hashes[nid]) for nid, c in revealed.items() if c is not None and roles[nid] == QUORUM}
+        judges = {ref: fingerprint.accepted(vs, claims, tol) for ref, vs in verdicts.items()
+                  if revealed.get(ref) is not None}
+        for nid in claims:
+            accepted_by[nid] = tuple(sorted(ref for ref, ok in judges.items() if nid in ok))
 
     # --- the decision: recomputed from the evidence with the round's own rule
-    dec = body["decision"]
-    if not isinstance(dec, dict) or set(dec) != DECISION_FIELDS:
-        _fail("decision record has missing or unknown fields")
     if dec["mode"] != mode:
         _fail("decision names another mode than the request")
     branch = ""
@@ -268,10 +304,11 @@ def _verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None,
             state = decision.TIMED_OUT
         else:
             state = decision.COMMITTED if nid in commits else decision.RUNNING
-        facts.append(decision.MemberFact(nid, roles[nid], state, revealed.get(nid), replacement[nid], nid in commits))
+        facts.append(decision.MemberFact(nid, roles[nid], state, revealed.get(nid), replacement[nid], nid in commits,
+                                         accepted_by.get(nid, ())))
     aborted = dec["detail"] if dec["status"] == decision.UNRESOLVED and dec["detail"] not in decision.DERIVED else ""
     try:
-        outcome = decision.decide(decision.Evidence(tuple(facts), want, branch, aborted))
+        outcome = decision.decide(decision.Evidence(tuple(facts), want, branch, aborted, tol is not None))
     except decision.EvidenceInvalid as exc:
         raise ReceiptInvalid(f"no round decides on this evidence: {exc}") from None
     for k, v in outcome.record().items():
@@ -305,7 +342,8 @@ def _verify_receipt(raw: bytes, trusted_aggregators: Sequence[bytes] | None,
             _fail("output tokens do not match the accepted commitment")
         checked = True
     return ReceiptSummary(rid, status, truth, rb["n"], roles, paid, slashed, env.sender,
-                          tuple(body["ledger"].get("entries", ())), checked, mode, branch, attested)
+                          tuple(body["ledger"].get("entries", ())), checked, mode, branch, attested,
+                          tol.to_wire() if tol is not None else None, accepted_by if tol is not None else None)
 
 
 def _check_attestation(entry: Any, key: bytes, nid: str, check: "_EvidenceCheck") -> str:

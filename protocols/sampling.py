@@ -19,6 +19,15 @@ reveals and the round is final on its own. Checked -> N verifiers are drawn
 (Dispatch.verify_of names whose output they check, by prefill where the engine
 can), the quorum becomes 1 + N, and everything proceeds as in sampling mode.
 
+Tolerant rounds (`tolerant=True`, members drawn across a tolerance group of
+mixed hardware, dtype or batching): commitments still compare exactly, so
+members that made the same tokens agree and the round is final. A dispute's
+referees re-execute as usual and also check every revealed quorum claim with
+the model's tolerant check (one prefill: token margins and the activation
+fingerprint the claim's commit sealed); `on_result` takes the claims each
+referee's signed verdicts accept, and the decision pays (never slashes) a claim a
+majority of answering referees accepted (protocols.decision).
+
 A member that misses its deadline (commit or reveal) is slashed for timeout and
 a replacement is drawn, so the stage still reaches its size. If no replacement
 exists the stage continues with fewer members and the outcome says `degraded`.
@@ -110,10 +119,11 @@ class Member:
     commit_hash: bytes | None = None
     commitment: bytes | None = None
     replacement: bool = False  # drawn to replace a member that timed out
+    accepts: tuple[str, ...] = ()  # a referee of a tolerant round: the quorum claims its verdicts accept
 
-    def fact(self) -> MemberFact:
+    def fact(self, accepted_by: tuple[str, ...] = ()) -> MemberFact:
         return MemberFact(self.node_id, self.role, self.state, self.commitment if self.state == REVEALED else None,
-                          self.replacement, self.commit_hash is not None)
+                          self.replacement, self.commit_hash is not None, accepted_by)
 
 
 @dataclass
@@ -135,6 +145,7 @@ class Round:
     coin: bool | None = None  # cross-validation: None until flipped
     coin_requested: bool = False
     executor: str | None = None  # cross-validation: whose output verifiers check
+    tolerant: bool = False  # drawn across a tolerance group: disputes weigh the referees' tolerant checks
     _target: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,7 +180,14 @@ class Round:
         return 1 + self.verifiers if self.coin else self.n
 
     def evidence(self, aborted: str = "") -> decision.Evidence:
-        return decision.Evidence(tuple(m.fact() for m in self.members.values()), self.want(), self.branch, aborted)
+        refs = [m for m in self.of_role(REFEREE) if m.state == REVEALED]
+
+        def fact(m: Member) -> MemberFact:
+            if not self.tolerant or m.role != QUORUM or m.state != REVEALED:
+                return m.fact()
+            return m.fact(tuple(sorted(r.node_id for r in refs if m.node_id in r.accepts)))
+        return decision.Evidence(tuple(fact(m) for m in self.members.values()), self.want(), self.branch, aborted,
+                                 self.tolerant)
 
     def ever_selected(self) -> tuple[str, ...]:
         return tuple(self.members)
@@ -204,11 +222,16 @@ class Round:
         verify_of = self.executor if (role == QUORUM and self.coin) else None
         return [Dispatch(tuple(node_ids), role, verify_of)]
 
-    def on_result(self, node_id: str, key: bytes, commit: bytes, now: float) -> list:
+    def on_result(self, node_id: str, key: bytes, commit: bytes, now: float, accepts=()) -> list:
+        """`accepts`: a referee of a tolerant round, the quorum members whose claims its signed
+        verdicts accept (protocols.fingerprint.accepted); counted only once it reveals."""
         m = self.member(node_id, key)
         if self.done or m.state != RUNNING or m.role != self.stage:
             raise MessageError(f"unexpected result from {node_id} in state {m.state}")
+        if accepts and (not self.tolerant or m.role != REFEREE):
+            raise MessageError("only a referee of a tolerant round judges quorum claims")
         m.state, m.commit_hash = COMMITTED, commit
+        m.accepts = tuple(accepts)
         actions: list = []
         if m.role == QUORUM and not self.first_output_sent:
             self.first_output_sent = True

@@ -44,6 +44,7 @@ class NodeView:
     live: bool = True
     attested: bool = False
     attested_until: float = 0.0  # attestation is valid for selection until this time (epoch end)
+    group: str = ""  # tolerance group (protocols.determinism.group_id), "" if its model has none
 
     def attested_at(self, now: float | None) -> bool:
         return self.attested and (now is None or now <= self.attested_until)
@@ -101,7 +102,8 @@ def eligible(
     require_attested: bool = False,
     now: float | None = None,
 ) -> list[str]:
-    """Sorted ids of nodes that may serve `model_id` (in `det_class` if given).
+    """Sorted ids of nodes that may serve `model_id` (in `det_class` if given: an exact
+    determinism class, or a tolerance group).
 
     With require_attested, only nodes whose attestation is valid at `now`."""
     ex = set(exclude)
@@ -109,7 +111,7 @@ def eligible(
         n.node_id
         for n in nodes
         if n.model_id == model_id
-        and (det_class is None or n.det_class == det_class)
+        and (det_class is None or n.det_class == det_class or (bool(n.group) and n.group == det_class))
         and n.live
         and n.stake >= min_stake
         and n.node_id not in ex
@@ -139,15 +141,19 @@ def choose_class(
     seed: bytes,
     require_attested: bool = False,
     now: float | None = None,
+    tolerant: bool = False,
 ) -> str:
-    """Pick the determinism class for a request, weighted by eligible node count."""
+    """Pick the determinism class for a request, weighted by eligible node count.
+    tolerant: pick among tolerance groups instead (nodes of a model without one count in
+    their exact class)."""
     counts: dict[str, int] = {}
     nodes = list(nodes)
     for node in nodes:
         if node.model_id == model_id and node.live and node.stake >= min_stake and (
             not require_attested or node.attested_at(now)
         ):
-            counts[node.det_class] = counts.get(node.det_class, 0) + 1
+            c = node.group if tolerant and node.group else node.det_class
+            counts[c] = counts.get(c, 0) + 1
     fit = sorted((c, k) for c, k in ((c, k) for c, k in counts.items()) if k >= n)
     if not fit:
         best = max(counts.values(), default=0)

@@ -185,7 +185,7 @@ class Sim:
                 nid, salt, _, _, _ = self.members[pid]
                 unblinded[pid] = [nid, salt]
         dec = decision if decision is not None else dict(o.record(), mode=self.mode, coin=self.coin,
-                                                         unblinded=unblinded)
+                                                         unblinded=unblinded, tolerance=None)
         if selection_record is None:
             selection_record = ({"vrf_key": b"", "draws": [], "obfuscated": self.mapping_record()}
                                 if self.mode == "obfuscated" else

@@ -107,6 +107,8 @@ def _alternatives(field: str, value, sim: Sim):
         return [None, dict(value, checked=not value["checked"])]
     if field == "unblinded":
         return [{}] if value else [{members[0]: ["n0", b"s" * 32]}]
+    if field == "tolerance":  # a round of exact classes cannot claim it was judged tolerantly, nor the reverse
+        return [{"token_margin": 0.05}] if value is None else [None, dict(value, token_margin=1.0)]
     raise AssertionError(field)
 
 
