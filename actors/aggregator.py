@@ -95,6 +95,7 @@ class Live:
     order: streams.ChunkOrder = field(default_factory=streams.ChunkOrder)  # which chunks pass, in order
     chunks: list = field(default_factory=list)  # what `stream` yields, in order
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)  # a chunk came, or the end
+    replacing: asyncio.Lock = field(default_factory=asyncio.Lock)  # replacement draws, one at a time
     tolerance: dict | None = None  # a tolerant round: the model's calibrated tolerance (wire form)
     fingerprints: dict[str, bytes] = field(default_factory=dict)  # member -> the fingerprint its reveal opened
 
@@ -525,12 +526,16 @@ class Aggregator:
                 d = await draw(live, act.count, "referee:any", REFEREE, act.exclude, allow_fewer=True)
             await self._run(live, self._step(live, "on_referees", d["selected"], d["keys"], now()))
         else:
-            k = sum(1 for m in rnd.members.values() if m.role == act.role)
-            d = await draw(live, act.count, f"replace:{act.role}:{k}", act.role, act.exclude, allow_fewer=True)
-            live.transport.drop(live, [n for n in act.exclude if n in rnd.members
-                                       and rnd.members[n].state == "timed-out"])
-            await self._run(live, self._step(live, "on_replacements", d["selected"], d["keys"], act.role, now(),
-                                             act.count))
+            # one replacement draw of a round at a time: two members late together would otherwise
+            # draw under one label (one seed, the same nodes) and the receipt would not verify
+            async with live.replacing:
+                k = sum(1 for m in rnd.members.values() if m.role == act.role)
+                d = await draw(live, act.count, f"replace:{act.role}:{k}", act.role, rnd.ever_selected(),
+                               allow_fewer=True)
+                live.transport.drop(live, [n for n in act.exclude if n in rnd.members
+                                           and rnd.members[n].state == "timed-out"])
+                actions = self._step(live, "on_replacements", d["selected"], d["keys"], act.role, now(), act.count)
+            await self._run(live, actions)
 
     def _signed_output(self, live: Live, node_id: str) -> dict:
         m = live.round.members[node_id]
