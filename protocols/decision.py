@@ -210,12 +210,17 @@ def decide(ev: Evidence) -> Outcome:
 def _tolerant(ev: Evidence, aq: list, ar: list, refs: list, majority: bytes | None, timeouts: list) -> Outcome:
     """A dispute in a tolerance group: a quorum member whose claim a majority of the
     answering referees accepted by the tolerant check is benign (paid, never slashed),
-    whatever its commitment; the answer is the referees' majority commitment, or else
+    whatever its commitment, and so is any member that committed the same tokens; the answer is the referees' majority commitment, or else
     the first benign claim in draw order. Only a claim that matches neither and that
     no majority accepted is a cheat. Referees are not slashed for a benign divergence
     among themselves (nobody checked their outputs); they are credited when they
     match the answer."""
     benign = {m.node_id for m in aq if m.state == REVEALED and len(m.accepted_by) * 2 > len(ar)}
+    # the same tokens as a benign claim are benign too (a commitment binds the tokens): a
+    # cross-validation verifier that accepted the executor's output by prefill commits it
+    # without a fingerprint of its own, and is not slashed for the referees' other answer
+    same = {m.commitment for m in aq if m.node_id in benign}
+    benign |= {m.node_id for m in aq if m.state == REVEALED and m.commitment in same}
     truth = majority
     if truth is None:
         first = next((m for m in aq if m.node_id in benign), None)

@@ -37,6 +37,19 @@ def test_a_cheat_in_a_tolerance_group_is_still_slashed():
     assert out.commitment == A and out.paid == ("n1",) and out.slashes == (("n2", "cheat"),)
 
 
+def test_the_same_tokens_as_a_benign_claim_are_benign_without_a_verdict_of_their_own():
+    """Cross-validation: n1 ran, n2 accepted n1's output by prefill (no fingerprint of its
+    own, so no referee could accept it alone), n3 of another precision differed; the
+    referees side with n3 and call n1 benign, so n2 (the same tokens) is paid, not slashed."""
+    ev = Evidence((q("n1", A, ["r1", "r2", "r3"]), q("n2", A), q("n3", B, ["r1", "r2", "r3"]),
+                   r("r1", B), r("r2", B), r("r3", B)), want=3, tolerant=True)
+    out = decide(ev)
+    assert out.commitment == B and out.slashes == () and out.paid == ("n1", "n2", "n3")
+    cheat = Evidence((q("n1", A, ["r1"]), q("n2", A), q("n3", B, ["r1", "r2", "r3"]),
+                      r("r1", B), r("r2", B), r("r3", B)), want=3, tolerant=True)
+    assert decide(cheat).slashes == (("n1", "cheat"), ("n2", "cheat"))  # no majority for A: both slashed
+
+
 def test_the_same_evidence_without_tolerance_slashes_the_divergent_node():
     facts = (q("n1", A), q("n2", B), r("r1", A), r("r2", A), r("r3", A))
     assert decide(Evidence(facts, want=2)).slashes == (("n2", "cheat"),)
