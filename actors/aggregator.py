@@ -45,6 +45,7 @@ from typing import Any
 from actors import transport
 from actors.background import spawn
 from actors.clock import Clock
+from actors.authority import Controlled, Gatekeeper, Signed, guarded
 from actors.journal import SEALED as JOURNAL_SEALED, Journal
 from actors.liveness import Reviver
 from actors.outbox import Outbox, answer_each
@@ -108,10 +109,17 @@ class Live:
         return self.request.model_id
 
 
-class Aggregator:
+class Aggregator(Controlled):
+    """One aggregator shard. Its calls to the ledger, registry, selector and executors are
+    signed with its control key (actors.authority); `key` signs receipts."""
+
     def __init__(self, registry: Any, selector: Any, ledger: Any, econ: Any, limits: Limits | dict | None = None,
-                 key_seed: bytes | None = None, store: dict | None = None, shard: int = 0):
-        self.registry, self.selector, self.ledger = registry, selector, ledger
+                 key_seed: bytes | None = None, store: dict | None = None, shard: int = 0,
+                 control: dict | None = None):
+        self.gate = Gatekeeper("aggregator", control)
+        self.registry, self.selector, self.ledger = (Signed(registry, self.gate, "registry"),
+                                                     Signed(selector, self.gate, "selector"),
+                                                     Signed(ledger, self.gate, "ledger"))
         self.econ = econ
         self.limits = Limits.of(limits)
         self.key = SigningKey(key_seed or os.urandom(32))
@@ -122,7 +130,7 @@ class Aggregator:
         self._clients: set[str] = set()
         self._vrf_key: bytes | None = None
         self._tasks: set[asyncio.Task] = set()  # background tasks, referenced until done
-        self._reviver = Reviver(registry, self.handle, self.limits.liveness_interval_s,
+        self._reviver = Reviver(self.registry, self.handle, self.limits.liveness_interval_s,
                                 self.limits.reveal_timeout_s, self._tasks)
         self._finished: collections.deque = collections.deque()  # eviction order of finished rounds
         self._direct, self._obfuscated = transport.Direct(self), transport.Obfuscated(self)
@@ -251,6 +259,7 @@ class Aggregator:
     def pubkey(self) -> bytes:
         return self.key.public
 
+    @guarded("aggregator")
     async def register_client(self, public: bytes) -> str:
         cid = messages.client_id_of(public)
         if cid not in self._clients and self.limits.client_credit > 0:
@@ -458,7 +467,8 @@ class Aggregator:
     async def handle(self, node_id: str):
         """An executor's handle, cached (refreshed from the registry on a miss)."""
         if node_id not in self._handles:
-            self._handles.update(await self.registry.handles.remote())
+            self._handles.update({n: Signed(h, self.gate, "executor", n)
+                                  for n, h in (await self.registry.handles.remote()).items()})
         return self._handles[node_id]
 
     async def vrf_public(self) -> bytes:
@@ -679,6 +689,7 @@ class Aggregator:
         live = await self._pushed(env.request_id, env.body["node_id"])
         await self.accept_refusal(live, env.body["node_id"], raw, pushed=True)
 
+    @guarded("aggregator")
     async def obf_failure(self, request_id: str, pseudonym: str) -> None:
         live = await self._pushed(request_id, pseudonym)
         await self.member_failed(live, pseudonym)
@@ -695,19 +706,27 @@ class Aggregator:
             await self.registry.set_stakes.remote(effects.stakes)
         for nid in effects.take_out:  # an unresponsive node stops being drawn until it answers a challenge
             await self.registry.set_live.remote(nid, False)
-            await self.revive(nid)
+            await self._revive(nid)
 
+    @guarded("aggregator")
     async def take_out(self, node_id: str) -> None:
         """A member's process died under a call: stop drawing it now (it comes back by
         rejoining with fresh keys, or by answering a liveness challenge)."""
+        await self._take_out(node_id)
+
+    async def _take_out(self, node_id: str) -> None:
         try:
             await self.registry.set_live.remote(node_id, False)
         except Exception:
             return
-        await self.revive(node_id)
+        await self._revive(node_id)
 
+    @guarded("aggregator")
     async def revive(self, node_id: str) -> None:
         """Challenge a node taken out for lateness until it answers (then it is drawn again)."""
+        await self._revive(node_id)
+
+    async def _revive(self, node_id: str) -> None:
         self._reviver.revive(node_id)
 
     async def _finalize(self, live: Live, outcome) -> None:

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import os
 import random
 import time
 from typing import Any
 
+from actors.authority import Gatekeeper, Guarded, guarded, node_call
 from actors.engines.batching import Batcher
 from actors.outbox import answer_each
 from protocols import admission, commitments, messages, obfuscation, sealing
@@ -45,10 +47,17 @@ BEHAVIOURS = {
 }
 
 
-class NodeExecutor:
+class NodeExecutor(Guarded):
+    """One node. Only an aggregator shard may make it run or reveal, only the selector hand it
+    tickets, only the epoch keeper rotate its keys, only the operator change its behaviour
+    (actors.authority); its own calls to the registry are signed with its node key.
+    `control`: the network's roster (deploy gives it), to know those keys."""
+
     def __init__(self, node_id: str, engine_spec: dict, behaviour: str = "honest",
                  aggregator_name: str | None = None, namespace: str | None = None,
-                 key_seed: bytes | None = None, attestation: dict | None = None, registry_name: str | None = None):
+                 key_seed: bytes | None = None, attestation: dict | None = None, registry_name: str | None = None,
+                 control: dict | None = None):
+        self.gate = Gatekeeper("executor", control)
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r}; choose from {sorted(BEHAVIOURS)}")
         self.node_id = node_id
@@ -105,12 +114,14 @@ class NodeExecutor:
         fp = self.engine.fingerprint()
         import ray
 
-        ctx = ray.get_runtime_context()
+        where = {"ray_node": None, "gpu_ids": [], "placement_group": None}  # (a node agent runs without Ray)
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            where = {"ray_node": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                     "placement_group": ctx.get_placement_group_id()}
         return {"node_id": self.node_id, "pubkey": self.key.public, "kem_pub": self.kem.public, "fingerprint": fp,
                 "det_class": class_id(fp), "behaviour": self.behaviour, "pid": os.getpid(),
-                "chat_template": self._chat_template(),
-                "ray_node": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-                "placement_group": ctx.get_placement_group_id()}
+                "chat_template": self._chat_template(), **where}
 
     def public_keys(self) -> dict:
         """The keys this process signs and opens with (a restarted node has new ones)."""
@@ -126,9 +137,14 @@ class NodeExecutor:
     def _variant(self) -> str:
         return self.behaviour if self.behaviour in ("substitute", "requantize") else "honest"
 
+    @guarded("executor")
     async def unlock(self, registry) -> None:
-        """Encrypted weights: get the key (sealed to our attested HPKE key) and load."""
-        sealed = await registry.release_weights_key.remote(self.node_id)
+        """Encrypted weights: get the key (sealed to our attested HPKE key) and load. The
+        registry releases it only to a call signed with this node's registered key that
+        answers a fresh challenge of its own."""
+        nonce = await registry.challenge.remote(self.node_id, auth=self._call("challenge", self.node_id))
+        sealed = await registry.release_weights_key.remote(
+            self.node_id, auth=self._call("release_weights_key", self.node_id, nonce=nonce))
         info = sealing.weights_key_info(self.engine.model_id, self.node_id)
         self._weights_key = self._open_sealed(lambda kem: kem.open(sealed, info))
         await self._on_engine(self.engine.load, self._variant(), weights_key=self._weights_key)
@@ -165,13 +181,19 @@ class NodeExecutor:
         return provider.evidence(signing_key.public, kem_pub, nonce)
 
     # --- key rotation: prepare (attest the new keys) -> registry switches -> commit
+    @guarded("executor")
     def prepare_rotation(self, nonce: bytes) -> dict:
         """Fresh keys for the next epoch and evidence binding them; the current keys
         stay in use until `commit_rotation`, and both sign for the draws that name them."""
         self._next = (SigningKey(os.urandom(32)), KemKey(os.urandom(32)))
         key, kem_pub = self._next[0], self._next[1].public
-        return {"pubkey": key.public, "kem_pub": kem_pub, "evidence": self._evidence(key, kem_pub, nonce)}
+        evidence = self._evidence(key, kem_pub, nonce)
+        # the registry switches keys only on this node's word: a call signed with its current
+        # key, answering the same challenge the evidence binds
+        auth = self._call("renew", self.node_id, key.public, kem_pub, evidence, nonce=nonce)
+        return {"pubkey": key.public, "kem_pub": kem_pub, "evidence": evidence, "auth": auth}
 
+    @guarded("executor")
     def commit_rotation(self) -> dict:
         """The registry accepted the new keys: make them current, keep the old ones one epoch."""
         if self._next is None:
@@ -180,8 +202,13 @@ class NodeExecutor:
         (self.key, self.kem), self._next = self._next, None
         return {"pubkey": self.key.public, "kem_pub": self.kem.public}
 
+    @guarded("executor")
     def abort_rotation(self) -> None:
         self._next = None
+
+    def _call(self, method: str, *args, nonce: bytes | None = None) -> bytes:
+        """This node's signed call to the registry (its registered key, as role "node")."""
+        return node_call(self.key, self.node_id, self.gate.roster.network, "registry", method, args, nonce)
 
     def _keysets(self) -> list[tuple[SigningKey, KemKey]]:
         return [(self.key, self.kem)] + [k for k in (self._next, self._previous) if k is not None]
@@ -213,6 +240,7 @@ class NodeExecutor:
             raise NodeError(f"{self.node_id} is not answering")
         return liveness.answer(self.key, self.node_id, nonce)
 
+    @guarded("executor")
     async def set_behaviour(self, behaviour: str) -> None:
         """Experiments only: change how this node answers (engine variants need a reload)."""
         if behaviour not in BEHAVIOURS:
@@ -223,6 +251,7 @@ class NodeExecutor:
                                   behaviour if behaviour in ("substitute", "requantize") else "honest", **key)
         self.behaviour = behaviour
 
+    @guarded("executor")
     def set_delay(self, seconds: float) -> None:
         """Experiments only: start every request this much later (a slow node)."""
         self.delay_s = max(0.0, float(seconds))
@@ -336,6 +365,7 @@ class NodeExecutor:
             output = {"sealed": sealing.seal(body["client_kem"], pack(output), sealing.output_info(rid, member_id))}
         return {"envelope": env.raw, "output": output, "method": method, "engine_seconds": seconds}
 
+    @guarded("executor")
     async def execute(self, request_raw: bytes, prompt: str, role: str, claimed: list[int] | None = None,
                       signer: bytes | None = None, stream: bool = False, reply_to: int = 0,
                       claims: list | None = None, tolerance: dict | None = None) -> dict:
@@ -365,7 +395,11 @@ class NodeExecutor:
         verdicts = await self._judge(req.body, prompt, claims, tolerance) if role == "referee" and claims else []
         return await self._commit(req.body, self.node_id, role, key, *out, verdicts=verdicts)
 
+    @guarded("executor")
     async def reveal(self, request_id: str, member_id: str | None = None) -> bytes:
+        return await self._reveal(request_id, member_id)
+
+    async def _reveal(self, request_id: str, member_id: str | None = None) -> bytes:
         if member_id is None:  # (reveal_ticket counts its own call)
             self._count(request_id)
         if self.behaviour in ("silent", "no-reveal"):
@@ -383,12 +417,14 @@ class NodeExecutor:
                                        "fingerprint": fingerprint}, signer)
         return env.raw
 
+    @guarded("executor")
     async def reveal_many(self, request_ids: list) -> list:
         """`reveal` for each request (an aggregator shard sends one tick's reveals together);
         one entry per id, in order: the envelope, or Failed(error) for that id alone."""
-        return await answer_each(self.reveal, [(rid,) for rid in request_ids])
+        return await answer_each(self._reveal, [(rid,) for rid in request_ids])
 
     # --- obfuscated mode: act under a one-time key from a sealed ticket
+    @guarded("executor")
     async def execute_ticket(self, sealed_ticket: bytes, request_raw: bytes, prompt: str,
                              selector_public: bytes, reply_to: int = 0) -> dict:
         """Open the selector's ticket, run, and push the result (signed with the
@@ -412,11 +448,12 @@ class NodeExecutor:
         await self._aggregator(body["request_id"]).obf_result.remote(res)
         return {"pseudonym": pid}
 
+    @guarded("executor")
     async def reveal_ticket(self, request_id: str, pseudonym: str, reply_to: int | None = None) -> None:
         self._count(request_id)
         if reply_to is not None:
             self._replies(request_id, reply_to)
-        raw = await self.reveal(request_id, pseudonym)
+        raw = await self._reveal(request_id, pseudonym)
         await self._aggregator(request_id).obf_reveal.remote(raw)
 
     def _count(self, request_id: str) -> None:
@@ -490,8 +527,9 @@ class Streamer:
         it finality) never overtakes the stream."""
         if len(tokens) > self._sent or self._detok(list(tokens)) != self._text:  # (a held-back tail too)
             self._push(list(tokens), final=True)
-        try:
-            await asyncio.wait_for(asyncio.gather(*self._refs), timeout=10)
+        try:  # (Ray's refs are awaitable; a node agent's pushes are futures of its own loop's tasks)
+            refs = [asyncio.wrap_future(r) if isinstance(r, concurrent.futures.Future) else r for r in self._refs]
+            await asyncio.wait_for(asyncio.gather(*refs), timeout=10)
         except Exception:  # a lost chunk only makes the stream say it did not hold
             pass
 

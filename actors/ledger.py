@@ -31,6 +31,7 @@ from typing import Mapping, Sequence
 
 import msgpack
 
+from actors.authority import Controlled, Gatekeeper, guarded
 from actors.outbox import answer_each
 from protocols import settlement as settle_rules
 from protocols.canonical import digest, pack
@@ -365,8 +366,12 @@ class LedgerStore:
         return res
 
 
-class SlashingLedger:
+class SlashingLedger(Controlled):
     """Async actor shell over LedgerStore. Create with `SlashingLedgerActor.remote(path)`.
+
+    Every method that moves money takes a signed call (actors.authority): escrow and
+    settlement from an aggregator shard, bindings from the selector, deposits and
+    withdrawals from the operator (a gateway or the aggregator only into client accounts).
 
     `econ` is the default Economics for `settle`; a settle call may pass its own.
     Methods that move money raise the group's typed error (InsufficientFunds, ...)
@@ -375,7 +380,8 @@ class SlashingLedger:
     """
 
     def __init__(self, path: str, econ: Economics | None = None, max_batch: int = 4096,
-                 verify_on_open: bool = True) -> None:
+                 verify_on_open: bool = True, control: dict | None = None) -> None:
+        self.gate = Gatekeeper("ledger", control)
         self._store = LedgerStore(path, verify=verify_on_open)
         self._econ = econ
         self._max_batch = max_batch
@@ -421,6 +427,7 @@ class SlashingLedger:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # --- money ----------------------------------------------------------------
+    @guarded("ledger")
     async def submit(self, postings: Sequence[Posting], at: float | None = None) -> GroupResult:
         """Apply one atomic group; returns once durable, error carried in the result."""
         postings = list(postings)
@@ -428,40 +435,54 @@ class SlashingLedger:
             raise InvalidPosting("a group is a non-empty list of Postings")
         return await self._enqueue(postings, at)
 
+    @guarded("ledger")
     async def deposit(self, account: str, amount: int, key: str) -> GroupResult:
         return (await self._enqueue(_built(deposit_postings, account, amount, key), None)).raise_for_error()
 
+    @guarded("ledger")
     async def withdraw(self, account: str, amount: int, key: str) -> GroupResult:
         return (await self._enqueue(_built(withdraw_postings, account, amount, key), None)).raise_for_error()
 
+    @guarded("ledger")
     async def escrow(self, request_id: str, client_id: str, amount: int) -> GroupResult:
         """Lock a client's payment for a request (once; refused after the request settled)."""
+        return await self._escrow(request_id, client_id, amount)
+
+    async def _escrow(self, request_id: str, client_id: str, amount: int) -> GroupResult:
         job = _built(lambda: EscrowJob(request_id, tuple(escrow_postings(request_id, client_id, amount))))
         return (await self._enqueue(job, None)).raise_for_error()
 
+    @guarded("ledger")
     async def settle(self, settlement: Settlement, econ: Economics | None = None) -> GroupResult:
         """Pay, refund and slash for one request, once; a repeat returns the original
         result (all `duplicate`), a different settlement of the same request raises
         SettlementConflict."""
+        return await self._settle(settlement, econ)
+
+    async def _settle(self, settlement: Settlement, econ: Economics | None = None) -> GroupResult:
         econ = econ or self._econ
         if econ is None:
             raise ConfigError("economics missing: pass econ= to settle or to SlashingLedger(path, econ)")
         return (await self._enqueue(_built(SettleJob, settlement, econ), None)).raise_for_error()
 
+    @guarded("ledger")
     async def escrow_many(self, items: Sequence[tuple]) -> list:
         """`escrow(request_id, client_id, amount)` for each item, committed as one group
         commit; one entry per item: its result, or Failed(error) for that item alone."""
-        return await answer_each(self.escrow, items)
+        return await answer_each(self._escrow, items)
 
+    @guarded("ledger")
     async def settle_many(self, settlements: Sequence[Settlement]) -> list:
         """`settle` for each settlement (one group commit); Failed(error) for one that fails alone."""
-        return await answer_each(self.settle, [(s,) for s in settlements])
+        return await answer_each(self._settle, [(s,) for s in settlements])
 
+    @guarded("ledger")
     async def bind_members(self, request_id: str, members: Mapping[str, settle_rules.Binding]) -> None:
         """Obfuscated rounds: the selector says which node each pseudonym pays (durable
         before the pseudonyms are handed out). A pseudonym binds once."""
         (await self._enqueue(_built(lambda: BindJob(request_id, dict(members))), None)).raise_for_error()
 
+    @guarded("ledger")
     async def settle_members(self, settlement: Settlement, commitment: Mapping[str, bytes]) -> GroupResult:
         """Settle a round whose settlement names pseudonyms. Each is resolved through its
         binding, which must open `commitment` (the mapping the aggregator holds), else

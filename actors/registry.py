@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from actors.authority import Controlled, Gatekeeper, Signed, guarded
 from actors.peers import find as _actor, me as _self_handle
 from actors.store import open_store
 from protocols.determinism import class_id, group_id
@@ -82,9 +83,15 @@ class NodeRecord:
 MAX_OPEN_CHALLENGES = 8
 
 
-class ModelRegistry:
+class ModelRegistry(Controlled):
+    """Every state-changing method takes a signed call (actors.authority): the operator
+    registers models and admits, removes and revokes nodes; aggregator shards move stake
+    and liveness; a node renews and unlocks only for itself, with its registered key,
+    answering a challenge of this registry. Pushes to subscribers are signed as the registry."""
+
     def __init__(self, policy: Any = None, trust_anchors: tuple = (), epoch_s: float = 3600.0,
-                 min_stake: int = 0, store: dict | None = None) -> None:
+                 min_stake: int = 0, store: dict | None = None, control: dict | None = None) -> None:
+        self.gate = Gatekeeper("registry", control)
         self.min_stake = int(min_stake)
         self._liveness: dict[str, bytes] = {}  # node -> open liveness challenge
         self.models: dict[str, ModelRecord] = {}
@@ -100,6 +107,7 @@ class ModelRegistry:
         self._subscriber_names: list[str] = []
         self.rejoining: set[str] = set()
         self.rejoin_results: dict[str, dict] = {}  # node -> how its last rejoin ended
+        self._approved: dict[str, dict] = {}  # external node -> {pubkey, model_id, stake} the operator approved
         self.store = open_store(store, sealed=("weights_keys",))
         if self.store is not None:
             self._load()
@@ -118,6 +126,7 @@ class ModelRegistry:
         self._nonces = {k: [bytes(x) for x in v] for k, v in st.items("challenges")}
         self._liveness = {k: bytes(v) for k, v in st.items("liveness")}
         self._seen_nonces = {bytes.fromhex(k) for k, _ in st.items("seen_nonces")}
+        self._approved = {k: dict(v, pubkey=bytes(v["pubkey"])) for k, v in st.items("approved")}
         meta = dict(st.items("meta"))
         if self.policy is not None and "revoked" in meta:
             self.policy = dataclasses.replace(self.policy, revoked_tcb_versions=tuple(meta["revoked"][0]),
@@ -128,7 +137,7 @@ class ModelRegistry:
         self._subscribers = [h for h in (_actor(n) for n in self._subscriber_names) if h is not None]
         self._save(meta=True)
         for sub in self._subscribers:  # whatever they hold may be older than what was saved
-            sub.on_registry.remote(*self.views(None))
+            self._pushes(sub).on_registry.remote(*self.views(None))
 
     def _save(self, node_ids=(), models=(), meta: bool = False, extra: list = ()) -> None:
         if self.store is None:
@@ -149,6 +158,7 @@ class ModelRegistry:
         gone += [("liveness", n) for n in node_ids if n not in self._liveness]
         self.store.put_many(rows, gone)
 
+    @guarded("registry")
     async def subscribe(self, actor: Any, name: str = "") -> None:
         """`actor.on_registry(version, views, keys, attestations)` gets the full view now, and
         `actor.on_registry_delta(delta)` every change after (see `_changed`). `name`: the
@@ -160,7 +170,7 @@ class ModelRegistry:
             self._subscriber_names.append(name)
         self.version += 1
         self._save(meta=True)
-        await actor.on_registry.remote(*self.views(None))
+        await self._pushes(actor).on_registry.remote(*self.views(None))
 
     async def _changed(self, node_ids=()) -> None:
         """Push what changed — the new view of each changed node, or its removal — to every
@@ -171,7 +181,7 @@ class ModelRegistry:
         if not self._subscribers:
             return
         delta = self._delta(base, node_ids)
-        await asyncio.gather(*[sub.on_registry_delta.remote(delta) for sub in self._subscribers])
+        await asyncio.gather(*[self._pushes(sub).on_registry_delta.remote(delta) for sub in self._subscribers])
 
     def _delta(self, base: int, node_ids) -> dict:
         recs = [self.nodes[n] for n in node_ids if n in self.nodes]
@@ -185,7 +195,32 @@ class ModelRegistry:
         return {"digest": r.attestation["digest"], "simulated": r.attestation["simulated"],
                 "evidence": r.attestation["evidence"]}
 
+    # --- who is asking (actors.authority): nodes sign with their registered key
+    def _node_of(self, key: bytes) -> str | None:
+        got = next((n.node_id for n in self.nodes.values() if n.pubkey == bytes(key)), None)
+        if got is None:  # an approved external node, before it joins
+            got = next((nid for nid, a in self._approved.items() if a["pubkey"] == bytes(key)
+                        and nid not in self.nodes), None)
+        return got
+
+    def _challenge(self, node_id: str, nonce: bytes) -> bool:
+        return bytes(nonce) in (self._nonces.get(node_id) or [])
+
+    def namespace(self) -> str:
+        """Public: the Ray namespace the network's actors live in (stand-ins for outside nodes join it)."""
+        import ray
+
+        return ray.get_runtime_context().namespace
+
+    def trust_roots(self) -> list[bytes]:
+        """The attestation trust anchors this registry verifies evidence under (public)."""
+        return list(self.trust_anchors)
+
+    def _pushes(self, sub: Any) -> Signed:
+        return Signed(sub, self.gate, "selector")
+
     # --- models
+    @guarded("registry")
     async def register_model(self, model_id: str, model_hash: str, engine: str, max_prompt_tokens: int = 1024,
                        weights_key: bytes | None = None, timeout_s: float | None = None,
                        timeout_per_token_s: float | None = None, tolerance: dict | None = None) -> dict:
@@ -210,6 +245,7 @@ class ModelRegistry:
         await self._changed()
         return asdict(self.models[model_id])
 
+    @guarded("registry")
     def set_chat_template(self, model_id: str, template: str) -> None:
         if model_id not in self.models:
             raise UnknownModel(f"model {model_id!r} is not registered")
@@ -227,8 +263,45 @@ class ModelRegistry:
         return [asdict(m) for m in self.models.values()]
 
     # --- nodes
+    @guarded("registry")
     async def admit(self, node_id: str, pubkey: bytes, model_id: str, fingerprint: dict, stake: int,
               handle: Any = None, attested: bool = False, kem_pub: bytes = b"", handle_name: str = "") -> dict:
+        return await self._admit(node_id, pubkey, model_id, fingerprint, stake, handle, attested, kem_pub,
+                                 handle_name)
+
+    # --- nodes that run outside the cluster (cluster/agent.py): the operator approves a key,
+    # the node joins under it (through the node endpoint, with its RemoteNode stand-in)
+    @guarded("registry")
+    async def approve(self, node_id: str, pubkey: bytes, model_id: str, stake: int) -> dict:
+        """The operator lets an external node join under `pubkey` with `stake` (deposited in
+        the ledger as its collateral first). Nothing is drawn until it joins."""
+        if node_id in self.nodes:
+            raise DuplicateNode(f"node {node_id!r} is already registered")
+        if model_id not in self.models:
+            raise UnknownModel(f"model {model_id!r} is not registered")
+        if not isinstance(pubkey, bytes) or len(pubkey) != 32:
+            raise NodeError("an external node is approved under a 32-byte Ed25519 key")
+        self._approved[node_id] = {"pubkey": bytes(pubkey), "model_id": model_id, "stake": int(stake)}
+        self._save(extra=[("approved", node_id, self._approved[node_id])])
+        return {"node_id": node_id, "approved": True}
+
+    @guarded("registry")
+    async def join(self, node_id: str, kem_pub: bytes, fingerprint: dict, handle: Any = None,
+                   handle_name: str = "") -> dict:
+        """An approved external node joins (its call is signed with the approved key):
+        admitted like an in-cluster executor, by its model hash and stake; attested next,
+        like them, by challenge and evidence."""
+        appr = self._approved.get(node_id)
+        if appr is None:
+            raise UnknownNode(f"{node_id!r} is not an approved external node")
+        if not isinstance(fingerprint, dict) or not isinstance(kem_pub, bytes) or len(kem_pub) != 32:
+            raise NodeError("a join names the node's engine fingerprint and its 32-byte HPKE key")
+        got = await self._admit(node_id, appr["pubkey"], appr["model_id"], fingerprint, appr["stake"], handle,
+                                False, kem_pub, handle_name)
+        return got
+
+    async def _admit(self, node_id: str, pubkey: bytes, model_id: str, fingerprint: dict, stake: int,
+                     handle: Any = None, attested: bool = False, kem_pub: bytes = b"", handle_name: str = "") -> dict:
         old = self.nodes.get(node_id)
         if old is not None:  # the same admission again (a retry across a restart) is not a second node
             if old.pubkey == bytes(pubkey) and old.model_id == model_id and old.fingerprint == dict(fingerprint):
@@ -250,6 +323,7 @@ class ModelRegistry:
         await self._changed([node_id])
         return self.describe(node_id)
 
+    @guarded("registry")
     async def remove(self, node_id: str) -> None:
         self._node(node_id)
         del self.nodes[node_id]
@@ -260,6 +334,13 @@ class ModelRegistry:
         if rec is None:
             raise UnknownNode(f"node {node_id!r} is not registered")
         return rec
+
+    def node_keys(self, node_id: str) -> list[bytes]:
+        """Public: the keys a node may sign its endpoint calls with: its registered key, and for
+        an external node also the key the operator approved (its lasting identity: after a
+        restart it proves fresh keys by rejoining, as an in-cluster executor does)."""
+        rec, appr = self.nodes.get(node_id), self._approved.get(node_id)
+        return [k for k in ((rec.pubkey if rec else None), (appr["pubkey"] if appr else None)) if k]
 
     def describe(self, node_id: str) -> dict:
         rec = self._node(node_id)
@@ -278,7 +359,12 @@ class ModelRegistry:
         return {nid: self._node(nid).handle for nid in ids}
 
     # --- attestation: challenge, verify, admit to the TEE class, revoke
+    @guarded("registry")
     def challenge(self, node_id: str) -> bytes:
+        """A fresh nonce for the node's next attestation, renewal or weights-key call."""
+        return self._issue_challenge(node_id)
+
+    def _issue_challenge(self, node_id: str) -> bytes:
         """A fresh nonce the node's evidence must bind (with its current keys). Several
         may be open at once (the epoch keeper and an operator), each usable once."""
         self._node(node_id)
@@ -289,12 +375,14 @@ class ModelRegistry:
         self._save([node_id])
         return nonce
 
+    @guarded("registry")
     async def attest(self, node_id: str, evidence: bytes) -> dict:
         """Verify evidence against the nonce we issued, the node's keys and the policy.
         Valid -> the node may serve TEE requests until the epoch ends."""
         rec = self._node(node_id)
         return await self._admit_evidence(rec, evidence, rec.pubkey, rec.kem_pub)
 
+    @guarded("registry")
     async def renew(self, node_id: str, pubkey: bytes, kem_pub: bytes, evidence: bytes) -> dict:
         """A new epoch: evidence for the node's next keys. Valid -> the keys switch and
         the attestation is extended in one step, so the node never leaves the TEE
@@ -350,6 +438,7 @@ class ModelRegistry:
         return dataclasses.replace(self.policy, model_hash=model.model_hash,
                                    allowed_engines=self.policy.allowed_engines or (model.engine,))
 
+    @guarded("registry")
     async def revoke(self, tcb_versions: tuple = (), devices: tuple = ()) -> list[str]:
         """Revoke TCB versions / devices: affected nodes leave the TEE class at once."""
         import dataclasses
@@ -368,6 +457,7 @@ class ModelRegistry:
         await self._changed(hit)
         return hit
 
+    @guarded("registry")
     def release_weights_key(self, node_id: str) -> bytes:
         """The model's weights key, sealed to the node's attested HPKE key; refused
         to any node without valid attestation right now."""
@@ -396,23 +486,27 @@ class ModelRegistry:
         att = {r.node_id: self._attestation_view(r) for r in recs if r.attested}
         return self.version, [r.view() for r in recs], {r.node_id: r.pubkey for r in recs}, att
 
+    @guarded("registry")
     async def set_stakes(self, stakes: dict[str, int]) -> None:
         for nid, stake in stakes.items():
             if nid in self.nodes:
                 self.nodes[nid].stake = int(stake)
         await self._changed([n for n in stakes if n in self.nodes])
 
+    @guarded("registry")
     async def set_live(self, node_id: str, live: bool) -> None:
         self._node(node_id).live = bool(live)
         await self._changed([node_id])
 
     # --- liveness: a node taken out for lateness returns by answering a fresh challenge
+    @guarded("registry")
     def liveness_challenge(self, node_id: str) -> bytes:
         self._node(node_id)
         self._liveness[node_id] = os.urandom(32)
         self._save([node_id])
         return self._liveness[node_id]
 
+    @guarded("registry")
     async def answer_liveness(self, node_id: str, signature: bytes) -> bool:
         """True once the node is live again. A wrong or replayed answer changes nothing."""
         from protocols import liveness
@@ -481,12 +575,12 @@ class ModelRegistry:
         if any(n.pubkey == pub for n in self.nodes.values() if n.node_id != node_id):
             raise DuplicateNode("another node already uses this public key")
         if self.policy is not None:
-            res = await self._admit_evidence(rec, await rec.handle.attest.remote(self.challenge(node_id)),
+            res = await self._admit_evidence(rec, await rec.handle.attest.remote(self._issue_challenge(node_id)),
                                              pub, kem_pub)
             if not res["ok"]:
                 return {"node_id": node_id, "rejoined": False, "reason": res["reason"]}
             if rec.model_id in self._weight_keys:
-                await rec.handle.unlock.remote(_self_handle())
+                await Signed(rec.handle, self.gate, "executor", node_id).unlock.remote(_self_handle())
         else:
             nonce = os.urandom(32)
             try:

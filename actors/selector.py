@@ -12,6 +12,10 @@ Durable (actors.store): the VRF and signing keys, every draw record, coin
 seeds, and each obfuscated request's mapping (pseudonym -> node, salt, tickets
 not yet sent) are written before the call returns and reloaded on restart. The
 keys, coins, draws and mappings are in sealed tables: the file alone unblinds nobody.
+
+Why over 400 lines: the plain draws and the obfuscated ones (tickets, bindings,
+unblinding) share the same records, store and keys; ObfuscatingSelector extends
+QuorumSelector in place rather than a second actor.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from actors.store import open_store
 from protocols import crossval, obfuscation, selection, vrf
 from protocols.canonical import pack
 from protocols.crypto import SigningKey
+from actors.authority import Controlled, Gatekeeper, Signed, guarded
 from protocols.errors import InvalidParams, NotEnoughNodes, UnknownRequest
 from protocols.messages import ReplayedMessage
 from protocols.settlement import Binding
@@ -35,11 +40,15 @@ from protocols.settlement import Binding
 COIN = "coin"  # the VRF label of the cross-validation coin
 
 
-class QuorumSelector:
+class QuorumSelector(Controlled):
+    """Draws for aggregator shards only, takes views pushed by the registry only, and opens
+    coins and pseudonyms only for the aggregator (actors.authority)."""
+
     SEALED = ("keys", "coins", "obf", "draws")  # draws of obfuscated requests are secret too
 
     def __init__(self, registry: Any, min_stake: int, vrf_key: bytes | None = None, embargo_s: float = 86400.0,
-                 store: dict | None = None):
+                 store: dict | None = None, control: dict | None = None):
+        self.gate = Gatekeeper("selector", control)
         self.registry = registry
         self.store = open_store(store, sealed=self.SEALED)
         saved = self.store.get("keys", "vrf") if self.store is not None else None
@@ -75,14 +84,16 @@ class QuorumSelector:
 
     async def _views(self, model_id: str):
         if self._all_views is None:  # no push yet, or a delta was missed: ask once
-            self.on_registry(*(await self.registry.views.remote(None)))
+            self._on_registry(*(await self.registry.views.remote(None)))
         return [v for v in self._all_views.values() if v.model_id == model_id], self._all_keys
 
+    @guarded("selector")
     async def draw_many(self, draws: list) -> list:
         """`draw(**kw)` for each map of arguments (an aggregator shard sends one tick's draws
         together); one entry per draw: its record, or Failed(error) for that draw alone."""
-        return await answer_each(lambda kw: self.draw(**kw), [(kw,) for kw in draws])
+        return await answer_each(lambda kw: self._draw_retrying(**kw), [(kw,) for kw in draws])
 
+    @guarded("selector")
     async def draw(self, request_id: str, model_id: str, n: int, label: str = "quorum",
                    exclude: tuple[str, ...] = (), det_class: str | None = None,
                    allow_fewer: bool = False, require_attested: bool = False, coin: bool = False,
@@ -99,6 +110,14 @@ class QuorumSelector:
 
         coin=True (cross-validation) also fixes a secret coin seed for the request
         and returns only its commitment; `reveal_coin` opens it later."""
+        return await self._draw_retrying(request_id, model_id, n, label, exclude, det_class, allow_fewer,
+                                         require_attested, coin, within, owner, tolerant)
+
+    async def _draw_retrying(self, request_id: str, model_id: str, n: int, label: str = "quorum",
+                             exclude: tuple[str, ...] = (), det_class: str | None = None,
+                             allow_fewer: bool = False, require_attested: bool = False, coin: bool = False,
+                             within: tuple[str, ...] | None = None, owner: int | None = None,
+                             tolerant: bool = False) -> dict:
         try:
             return await self._draw(request_id, model_id, n, label, exclude, det_class, allow_fewer,
                                     require_attested, coin, within, owner, tolerant)
@@ -160,11 +179,18 @@ class QuorumSelector:
             record = dict(record, coin_commit=crossval.coin_commit(self.coins[request_id][0]))
         return record
 
+    @guarded("selector")
     def reveal_coin(self, request_id: str) -> tuple[bytes, bytes]:
         """Open the coin (seed, VRF proof); the aggregator asks only after the executor committed."""
         if request_id not in self.coins:
             raise UnknownRequest(f"no coin was committed for {request_id}")
         return self.coins[request_id]
+
+    @guarded("selector")
+    def vrf_secret(self) -> bytes:
+        """Experiments and demos only: the VRF's secret key, so the operator can preview
+        draws (pick a request id that draws a given node). Nobody else may ask."""
+        return self.vrf.export()
 
     def vrf_public(self) -> bytes:
         """The VRF public key receipts are checked against (DER)."""
@@ -181,16 +207,24 @@ class QuorumSelector:
                                 f"{self._drawn_at[request_id] + self.embargo_s:.0f}")
         return {"vrf_key": self.vrf.public, "draws": list(self.records[request_id])}
 
+    @guarded("selector")
     def on_registry(self, version: int, views: list, keys: dict, attestations: dict | None = None) -> None:
         """The registry's full view (on subscribing, or when a delta was missed)."""
+        self._on_registry(version, views, keys, attestations)
+
+    def _on_registry(self, version: int, views: list, keys: dict, attestations: dict | None = None) -> None:
         if version > self._version:
             self._version, self._all_views = version, {v.node_id: v for v in views}
             self._all_keys, self._attestations = dict(keys), dict(attestations or {})
 
+    @guarded("selector")
     def on_registry_delta(self, delta: dict) -> None:
         """The registry pushes what changed, so a draw never waits on it. A delta that
         does not follow the view held here (one was missed) drops the view: the next
         draw asks for the whole of it."""
+        self._on_registry_delta(delta)
+
+    def _on_registry_delta(self, delta: dict) -> None:
         if delta["version"] <= self._version:
             return
         if self._all_views is None or delta["base"] != self._version:
@@ -215,7 +249,11 @@ class QuorumSelector:
             rec["coin_commit"] = crossval.coin_commit(self.coins[request_id][0])
         return rec
 
+    @guarded("selector")
     def forget(self, request_id: str) -> None:
+        self._forget(request_id)
+
+    def _forget(self, request_id: str) -> None:
         self.records.pop(request_id, None)
         self.coins.pop(request_id, None)
         self._drawn_at.pop(request_id, None)
@@ -233,8 +271,8 @@ class ObfuscatingSelector(QuorumSelector):
     money itself."""
 
     def __init__(self, registry: Any, min_stake: int, key_seed: bytes | None = None, vrf_key: bytes | None = None,
-                 embargo_s: float = 86400.0, store: dict | None = None):
-        super().__init__(registry, min_stake, vrf_key, embargo_s, store)
+                 embargo_s: float = 86400.0, store: dict | None = None, control: dict | None = None):
+        super().__init__(registry, min_stake, vrf_key, embargo_s, store, control)
         saved = self.store.get("keys", "signing") if self.store is not None else None
         self.key = SigningKey(bytes(saved) if saved is not None else key_seed or os.urandom(32))
         if self.store is not None and saved is None:
@@ -266,6 +304,7 @@ class ObfuscatingSelector(QuorumSelector):
                                                "served": sorted(st["served"]), "held": [list(h) for h in st["held"]],
                                                "reply_to": st.get("reply_to", 0), "draws": st.get("draws", {})})
 
+    @guarded("selector")
     def set_behaviour(self, frame: str | None, misbind: bool = False) -> None:
         """Experiments only: `frame` = a node id this selector falsely names for every slashed
         pseudonym (the aggregator must catch it against the committed mapping); with
@@ -273,6 +312,7 @@ class ObfuscatingSelector(QuorumSelector):
         the payments (the ledger must catch it against the same mapping); None = honest."""
         self.frame, self.misbind = (None, False) if frame is None else (frame, bool(misbind))
 
+    @guarded("selector")
     def bind(self, aggregator: Any, ledger: Any, names: dict | None = None) -> None:
         """aggregator: one handle, or one per shard (index = shard). names: their actor
         names ({"aggregators": [...], "ledger": ...}), kept so a restart finds them again."""
@@ -282,11 +322,12 @@ class ObfuscatingSelector(QuorumSelector):
 
     def _reply(self, request_id: str):
         aggs = self.aggregator if isinstance(self.aggregator, (list, tuple)) else [self.aggregator]
-        return aggs[self.obf.get(request_id, {}).get("reply_to", 0)]
+        return Signed(aggs[self.obf.get(request_id, {}).get("reply_to", 0)], self.gate, "aggregator")
 
     def pubkey(self) -> bytes:
         return self.key.public
 
+    @guarded("selector")
     async def draw_obfuscated(self, request_id: str, model_id: str, n: int, role: str, label: str,
                               request_raw: bytes, prompt: str, det_class: str | None = None,
                               allow_fewer: bool = False, dispatch: bool = True,
@@ -303,7 +344,7 @@ class ObfuscatingSelector(QuorumSelector):
         done = state.setdefault("draws", {}).get(label)
         if done is not None:  # a retried call: the same pseudonyms, not a second draw
             return done
-        rec = await self.draw(request_id, model_id, n, label, tuple(sorted(state["served"])), det_class,
+        rec = await self._draw_retrying(request_id, model_id, n, label, tuple(sorted(state["served"])), det_class,
                               allow_fewer, require_attested, within=within, owner=reply_to)
         kems = await self.registry.kem_keys.remote(rec["selected"])
         out = {"det_class": rec["det_class"], "pseudonyms": [], "keys": [], "mapping": {}}
@@ -323,11 +364,11 @@ class ObfuscatingSelector(QuorumSelector):
             out["mapping"][pid] = obfuscation.mapping_entry(pub, nid, salt, att["digest"] if att else "")
             bindings[pid] = Binding(self.frame if self.misbind else nid, salt, pub, att["digest"] if att else "")
         if bindings:  # the ledger pays by these bindings, checked against the mapping: durable first
-            await self.ledger.bind_members.remote(request_id, bindings)
+            await Signed(self.ledger, self.gate, "ledger").bind_members.remote(request_id, bindings)
         state["draws"][label] = out
         self._save_obf(request_id)
         if dispatch:
-            await self.dispatch_tickets(request_id)
+            await self._dispatch_tickets(request_id)
         return out
 
     async def _handles(self, node_ids: list[str]) -> dict:
@@ -337,14 +378,18 @@ class ObfuscatingSelector(QuorumSelector):
             self._handle_cache.update(await self.registry.handles.remote(missing))
         return {n: self._handle_cache[n] for n in node_ids}
 
+    @guarded("selector")
     async def dispatch_tickets(self, request_id: str) -> None:
+        await self._dispatch_tickets(request_id)
+
+    async def _dispatch_tickets(self, request_id: str) -> None:
         state = self.obf.get(request_id)
         if state is None:
             raise UnknownRequest(f"no obfuscated draw for {request_id}")
         held, state["held"] = state["held"], []
         handles = await self._handles([h[1] for h in held])
         for pid, nid, sealed, request_raw, prompt in held:
-            ref = handles[nid].execute_ticket.remote(sealed, request_raw, prompt, self.key.public,
+            ref = Signed(handles[nid], self.gate, "executor", nid).execute_ticket.remote(sealed, request_raw, prompt, self.key.public,
                                                      state.get("reply_to", 0))
             spawn(self._tasks, self._watch(request_id, pid, ref))
         self._save_obf(request_id)
@@ -357,11 +402,13 @@ class ObfuscatingSelector(QuorumSelector):
         except Exception:  # the node failed: tell the aggregator, still by pseudonym only
             await self._reply(request_id).obf_failure.remote(request_id, pid)
 
+    @guarded("selector")
     async def request_reveals(self, request_id: str, pseudonyms: list[str]) -> None:
         members = self._members(request_id)
         handles = await self._handles([members[p][0] for p in pseudonyms])
         for pid in pseudonyms:
-            ref = handles[members[pid][0]].reveal_ticket.remote(request_id, pid, self.obf[request_id].get("reply_to", 0))
+            ref = Signed(handles[members[pid][0]], self.gate, "executor", members[pid][0]).reveal_ticket.remote(
+                request_id, pid, self.obf[request_id].get("reply_to", 0))
             spawn(self._tasks, self._watch(request_id, pid, ref))
 
     def _members(self, request_id: str) -> dict:
@@ -369,6 +416,7 @@ class ObfuscatingSelector(QuorumSelector):
             raise UnknownRequest(f"no obfuscated draw for {request_id}")
         return self.obf[request_id]["members"]
 
+    @guarded("selector")
     def unblind(self, request_id: str, pseudonyms: list[str]) -> dict[str, tuple]:
         """(node id, salt, attestation digest, evidence) of each pseudonym the aggregator
         must slash (digest and evidence empty for members drawn without attestation)."""
@@ -393,8 +441,8 @@ class ObfuscatingSelector(QuorumSelector):
         return {**body, "selector": self.key.public,
                 "sig": self.key.sign(obfuscation.MAPPING_DOMAIN + pack([request_id, body]))}
 
-    def forget(self, request_id: str) -> None:
-        super().forget(request_id)
+    def _forget(self, request_id: str) -> None:
+        super()._forget(request_id)
         self.obf.pop(request_id, None)
 
 

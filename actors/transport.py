@@ -95,7 +95,7 @@ class Direct:
             return
         except Exception as exc:  # an error counts as no answer
             if _process_died(exc):  # not drawn again until it is back under proven keys
-                spawn(self.agg._tasks, self.agg.take_out(nid))
+                spawn(self.agg._tasks, self.agg._take_out(nid))
             await self.agg.member_failed(live, nid)
             return
         if isinstance(res, dict) and "refusal" in res:

@@ -75,7 +75,7 @@ def deploy_network(config_name: str, *, nodes: int | None = None, malicious: dic
     if cpus is not None:
         cfg.nodes[0].cpus = float(cpus)
     ledger = os.path.join(tempfile.mkdtemp(prefix=f"verinfer-{tag}-"), "ledger.db")
-    return deploy(cfg, ledger_path=ledger, log=log), ledger
+    return deploy(cfg, ledger_path=ledger, log=log, debug_calls=True), ledger  # (benchmarks inspect actors)
 
 
 class Noop:

@@ -145,7 +145,12 @@ class Bench:
         dec = body["decision"]
         members = dict(res.summary.members)  # id or pseudonym -> role
         if mode == "obfuscated":  # the experimenter unblinds everyone to score the round
-            real = self.ray.get(self.net.selector.unblind.remote(h.request_id, list(members)))
+            from actors.authority import Signed, bare
+            from cluster.control import as_holder
+
+            shard = as_holder(self.net, "aggregator", "aggregator/0")  # (the selector unblinds for a shard only)
+            real = self.ray.get(Signed(bare(self.net.selector), shard, "selector").unblind.remote(
+                h.request_id, list(members)))
             to_node = {pid: real[pid][0] for pid in members}
         else:
             to_node = {m: m for m in members}

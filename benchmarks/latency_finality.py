@@ -102,13 +102,17 @@ def hop_costs(net, calls: int = 100) -> dict:
 
     import ray
 
+    from actors.authority import Signed, bare
+    from cluster.control import as_holder
+
     model = net.config.models[0].id
     node = sorted(net.executors)[0]
+    selector = Signed(bare(net.selector), as_holder(net, "aggregator", "aggregator/0"), "selector")  # as a shard
     calls_ = {
         "aggregator.pubkey (async actor, no work)": lambda: net.aggregator.pubkey.remote(),
         "executor.stats (no work)": lambda: net.executors[node].stats.remote(),
         "registry.views": lambda: net.registry.views.remote(model),
-        "selector.draw (+ registry.views inside)": lambda: net.selector.draw.remote(uuid.uuid4().hex, model, 1),
+        "selector.draw (+ registry.views inside)": lambda: selector.draw.remote(uuid.uuid4().hex, model, 1),
         "selector.record": lambda: net.selector.record.remote("-"),
         "ledger.head (read via writer thread)": lambda: net.ledger.head.remote(),
         "ledger.deposit (durable group commit)": lambda: net.ledger.deposit.remote(

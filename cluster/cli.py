@@ -279,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "for obfuscated pseudonym records")
     v.set_defaults(fn=cmd_verify)
 
+    from cluster.node_cli import add_parser as add_node_parser
+
+    add_node_parser(sub)
+
     at = sub.add_parser("attest", help="challenge a node now and show its evidence's verification")
     net_args(at)
     at.add_argument("node", help="node id, or `all` (run one attestation epoch for the whole network)")

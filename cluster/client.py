@@ -35,7 +35,7 @@ from .client_core import ClientCore, FirstOutput, NetworkKeys, Result
 def _keys_refs(network: Any) -> list:
     reg, sel, agg = network.registry, network.selector, network.aggregator
     return [agg.pubkey.remote(), sel.pubkey.remote(), sel.vrf_public.remote(),
-            reg.__ray_call__.remote(lambda r: list(r.trust_anchors))]
+            reg.trust_roots.remote()]
 
 
 def _keys(network: Any, got: list, trust_roots: list[bytes] | None) -> NetworkKeys:

@@ -34,7 +34,7 @@ def operator_vrf_key(net) -> vrf.VrfKey:
     """The selector's secret VRF key: the operator's privilege, for experiments only."""
     import ray
 
-    return vrf.VrfKey(ray.get(net.selector.__ray_call__.remote(lambda sel: sel.vrf.export())))
+    return vrf.VrfKey(ray.get(net.selector.vrf_secret.remote()))
 
 
 def steer(key: vrf.VrfKey, pool: list[str], n: int, want: set[str] = frozenset(),

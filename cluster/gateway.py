@@ -34,6 +34,7 @@ from protocols.quota import QuotaExceeded
 from . import openai_api as oa
 from .client import AsyncClient
 from .keys import KeyStore
+from .shards import Aggregators
 
 GATE_NAME = "gateway-gate"
 _PROXY: dict = {}  # this driver's Serve proxy address, once started
@@ -49,6 +50,7 @@ class NetView:
     ledger: Any
     aggregator: Any
     model_hashes: dict
+    roster: bytes = b""  # the operator-signed roster (node agents check calls against it)
 
 
 def keys_path(cfg) -> str:
@@ -62,7 +64,14 @@ def _build_app():
     app = FastAPI(title="verinfer gateway", docs_url=None, redoc_url=None)
 
     class GatewayCore:
-        def __init__(self, net: NetView, keys_file: str, gate: Any):
+        def __init__(self, net: NetView, keys_file: str, gate: Any, gateway_seed: bytes | None = None):
+            if gateway_seed is not None:  # the gateway's calls (client credit) are signed with its key
+                from actors.authority import KeyHolder, Signed
+                from protocols.crypto import SigningKey
+
+                me = KeyHolder(SigningKey(gateway_seed), "gateway", "gateway", net.config.network.name)
+                agg = net.aggregator
+                net.aggregator = Aggregators([Signed(h, me, "aggregator") for h in agg.handles], agg.names)
             self.net, self.gate = net, gate
             self.keys = KeyStore(keys_file)
             self._clients: dict[str, AsyncClient] = {}
@@ -312,14 +321,40 @@ def make_deployment(num_replicas: int = 1):
     """The Serve deployment class (built lazily: importing this module needs no Serve)."""
     from ray import serve
 
+    from fastapi.responses import Response
+
     app, Core, errors, Request = _build_app()
 
     @serve.deployment(num_replicas=num_replicas, ray_actor_options={"num_cpus": 0},
                       max_ongoing_requests=256)
     @serve.ingress(app)
     class Gateway:
-        def __init__(self, net: NetView, keys_file: str, gate: Any):
-            self.core = Core(net, keys_file, gate)
+        def __init__(self, net: NetView, keys_file: str, gate: Any, gateway_seed: bytes | None = None):
+            from .node_endpoint import NodeEndpoint
+
+            self.core = Core(net, keys_file, gate, gateway_seed)
+            self.nodes = NodeEndpoint(net)  # nodes that run outside the cluster
+
+        @app.get("/v1/nodes/network")
+        async def nodes_network(self):
+            from actors.remote_node import wire
+
+            return Response(wire(self.nodes.network_info()), media_type="application/msgpack")
+
+        @app.post("/v1/nodes/{node_id}/{action}")
+        async def nodes_call(self, request: Request, node_id: str, action: str):
+            from .node_endpoint import AUTH_HEADER, error_body
+
+            fn = {"join": self.nodes.join, "poll": self.nodes.poll, "reply": self.nodes.reply,
+                  "relay": self.nodes.relay}.get(action)
+            if fn is None:
+                return Response(b"", status_code=404)
+            try:
+                data = await fn(node_id, await request.body(), request.headers.get(AUTH_HEADER))
+                return Response(data, media_type="application/msgpack")
+            except Exception as exc:  # typed errors go back wired, with their HTTP status
+                status, data = error_body(exc)
+                return Response(data, status_code=status, media_type="application/msgpack")
 
         @app.get("/healthz")
         async def healthz(self):
@@ -361,15 +396,16 @@ def start(net, host: str = "127.0.0.1", port: int = 8000, keys_file: str | None 
         gate = ray.get_actor(name, namespace=ns.get("namespace"))
     except ValueError:
         gate = ray.remote(Gate).options(name=name, num_cpus=0, **ns).remote(capacity)
-    view = NetView(net.config, net.registry, net.selector, net.ledger, net.aggregator, dict(net.model_hashes))
+    view = NetView(net.config, net.registry, net.selector, net.ledger, net.aggregator, dict(net.model_hashes),
+                   getattr(net, "roster", b""))
     keys_file = keys_file or keys_path(net.config)
     KeyStore(keys_file)  # create the database (and its master secret) here, once
     if _PROXY.get("cluster") == ray.get_runtime_context().get_job_id() and _PROXY.get("http"):
         host, port = _PROXY["http"]  # Serve's proxy keeps the address it was first started with
     serve.start(http_options={"host": host, "port": int(port)})
     _PROXY.update(cluster=ray.get_runtime_context().get_job_id(), http=(host, int(port)))
-    serve.run(make_deployment(num_replicas).bind(view, keys_file, gate), name="verinfer", route_prefix="/",
-              blocking=False)
+    serve.run(make_deployment(num_replicas).bind(view, keys_file, gate, getattr(net, "gateway_seed", None)),
+              name="verinfer", route_prefix="/", blocking=False)
     return f"http://{host}:{int(port)}"
 
 

@@ -5,6 +5,13 @@
 per configured node (placement from cluster.placement), funds each node's
 collateral in the ledger and admits it. Actor names are "<name>/<role>" in the
 config's namespace, so `connect` finds a network that `verinfer up` left running.
+The operator's key (cluster.control) signs the roster every actor checks calls
+against, and every call deploy makes.
+
+Why over 400 lines: `deploy` is one ordered bring-up (stores, keys and roster,
+control plane, models, executors, stake, admission, attestation, weights keys)
+that fresh deploys and repairs share step by step; `connect`, `status` and
+`teardown` find the same actors by the same names.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from actors.executor import NodeExecutor
 from actors.ledger import SlashingLedger
 from actors.registry import ModelRegistry
 from actors.selector import ObfuscatingSelector
+from actors.authority import bare
 from protocols.errors import ConfigError, VerinferError
 
-from . import placement
+from . import control, placement
 from .config import NetworkConfig, ModelSection
 from .shards import Aggregators
 
@@ -43,6 +51,12 @@ class Network:
     epochs: Any = None  # EpochKeeper, when the network attests its nodes
     placement_groups: list = field(default_factory=list)
     model_hashes: dict[str, str] = field(default_factory=dict)
+    # the operator's signer: the handles above sign their guarded calls with it (None: a
+    # network reached without the operator's key file, whose handles can only read)
+    operator: Any = None
+    gateway_seed: bytes | None = None  # the gateway's signing key (cluster.control.gateway_key)
+    roster: bytes = b""  # the operator-signed roster of control-plane keys (protocols.authority)
+    secret_path: str = ""  # the network's secret (the operator's key file lies beside it)
 
     def client(self, **kw):
         from .client import Client
@@ -98,19 +112,7 @@ def state_paths(cfg: NetworkConfig, ledger_path: str) -> dict[str, str]:
 
 
 def _secret(path: str) -> bytes:
-    if os.path.exists(path):
-        with open(path, "rb") as f:
-            got = f.read()
-        if len(got) == 32:
-            return got
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    secret = os.urandom(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secret)
-        f.flush()
-        os.fsync(f.fileno())
-    return secret
+    return control.secret_file(path)
 
 
 def _find(cfg: NetworkConfig, role: str, namespace: str | None):
@@ -142,14 +144,20 @@ def _policy(cfg: NetworkConfig, secret: bytes):
 
 
 def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None] = lambda s: None,
-           ledger_path: str | None = None, ready_timeout_s: float = 900.0, repair: bool = False) -> Network:
+           ledger_path: str | None = None, ready_timeout_s: float = 900.0, repair: bool = False,
+           debug_calls: bool | None = None) -> Network:
     """Start the whole network from `cfg` on the connected Ray cluster.
 
     repair=True (`verinfer up` on a network that is partly there): keep every actor
     that still answers, recreate the missing ones from the durable state (ledger,
     registry, selector, journals), and bring missing executors back in with fresh keys.
     A fresh deploy starts the registry and selector empty; aggregator journals are
-    always reopened, so rounds a previous network left open are refunded."""
+    always reopened, so rounds a previous network left open are refunded.
+
+    Keys (cluster.control): the operator's key signs a roster of every control-plane
+    actor's key, which each actor and executor is given; the returned Network's handles
+    sign their guarded calls as the operator. debug_calls: allow Ray's `__ray_call__` on
+    the network's actors (default: VERINFER_DEBUG_CALLS=1; tests only)."""
     if not ray.is_initialized():
         raise VerinferError("connect to a Ray cluster first (ray.init)")
     ns = {"namespace": cfg.network.namespace} if detached else {}
@@ -167,29 +175,59 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     paths = state_paths(cfg, path)
     secret = _secret(paths["secret"])
-    if not repair:  # a new network: no node records or draws of an earlier one
-        for role in ("registry", "selector"):
+    name = cfg.network.name
+    operator = control.operator_key(paths["secret"], name)
+    state_dir = os.path.dirname(paths["registry"])
+    dbg = control.debug_calls_default() if debug_calls is None else bool(debug_calls)
+    holders = ["ledger", "registry", "selector", "epochs"] + [f"aggregator/{k}" for k in
+                                                              range(cfg.network.aggregator_shards)]
+    if not repair:  # a new network: no node records, draws or rotated keys of an earlier one
+        for f in [paths["registry"], paths["selector"]] + [control.store_path(state_dir, h) for h in holders]:
             for suffix in ("", "-wal", "-shm"):
-                if os.path.exists(paths[role] + suffix):
-                    os.remove(paths[role] + suffix)
+                if os.path.exists(f + suffix):
+                    os.remove(f + suffix)
 
     def store(role: str) -> dict:
         return {"path": paths[role], "secret": secret}
 
+    def ctl(role: str, holder: str) -> dict:
+        return control.spec(name, operator, role, holder, secret, state_dir, dbg)
+
     att = cfg.attestation
     policy, anchors, att_spec = _policy(cfg, secret)
-    ledger = existing("ledger") or ray.remote(SlashingLedger).options(**opts("ledger")).remote(path, cfg.economics)
+    ledger = existing("ledger") or ray.remote(SlashingLedger).options(**opts("ledger")).remote(
+        path, cfg.economics, control=ctl("ledger", "ledger"))
     registry = existing("registry") or ray.remote(ModelRegistry).options(**opts("registry")).remote(
-        policy, anchors, att.epoch_s, cfg.economics.min_stake, store("registry"))
+        policy, anchors, att.epoch_s, cfg.economics.min_stake, store("registry"), control=ctl("registry", "registry"))
     selector = existing("selector") or ray.remote(ObfuscatingSelector).options(**opts("selector")).remote(
-        registry, cfg.economics.min_stake, embargo_s=cfg.network.draw_embargo_s, store=store("selector"))
+        registry, cfg.economics.min_stake, embargo_s=cfg.network.draw_embargo_s, store=store("selector"),
+        control=ctl("selector", "selector"))
     agg_seed = hashlib.sha256(b"verinfer/aggregator-key|" + secret).digest()  # every shard signs as the network
     aggs = []
     for k in range(cfg.network.aggregator_shards):
         role = f"aggregator/{k}"
         aggs.append(existing(role) or ray.remote(Aggregator).options(**opts(role, max_concurrency=10000)).remote(
-            registry, selector, ledger, cfg.economics, cfg.limits, key_seed=agg_seed, store=store(role), shard=k))
+            registry, selector, ledger, cfg.economics, cfg.limits, key_seed=agg_seed, store=store(role), shard=k,
+            control=ctl("aggregator", role)))
     agg_names = [actor_name(cfg, f"aggregator/{k}") for k in range(cfg.network.aggregator_shards)]
+    epochs = existing("epochs")
+    if att.enabled and epochs is None:  # (created now so its key is in the roster; started below)
+        epochs = ray.remote(EpochKeeper).options(**opts("epochs")).remote(
+            registry, att.epoch_s, att.renew_fraction, control=ctl("epochs", "epochs"),
+            peers={"ledger": actor_name(cfg, "ledger"), "selector": actor_name(cfg, "selector"),
+                   "aggregators": agg_names})
+        start_epochs = True
+    else:
+        start_epochs = False
+    plane = [ledger, registry, selector, *aggs] + ([epochs] if epochs is not None else [])
+    roster = control.roster(operator, name, ray.get([a.control_key.remote() for a in plane]),
+                            control.gateway_key(secret).public)
+    ray.get([a.install_roster.remote(roster) for a in plane])
+    ledger, registry, selector = (control.signed(ledger, operator, "ledger"),
+                                  control.signed(registry, operator, "registry"),
+                                  control.signed(selector, operator, "selector"))
+    epochs = control.signed(epochs, operator, "epochs")
+    aggs = [control.signed(a, operator, "aggregator") for a in aggs]
     ray.get([selector.bind.remote(aggs, ledger, {"aggregators": agg_names, "ledger": actor_name(cfg, "ledger")}),
              registry.subscribe.remote(selector, actor_name(cfg, "selector"))])
     known = {m["model_id"]: m for m in ray.get(registry.list_models.remote())}
@@ -210,6 +248,7 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
 
     group_of = {nid: g for g in cfg.nodes for nid in g.node_ids()}
     executors = {nid: h for nid in group_of if (h := existing(f"node/{nid}")) is not None}
+    ray.get([h.install_roster.remote(roster) for h in executors.values()])
     wanted = [g for g in cfg.nodes]
     placements, pgs = placement.plan(wanted, ray.available_resources().get("CPU", 0.0)) if \
         len(executors) < len(group_of) else ([], [])
@@ -227,15 +266,18 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
             **p.options,
         ).remote(p.node_id, engine_spec(cfg.model(g.model), g.threads, sealed_paths, g.dtype),
                  cfg.malicious.get(p.node_id, "honest"), agg_names, cfg.network.namespace if detached else None,
-                 attestation=att_spec, registry_name=actor_name(cfg, "registry"))
+                 attestation=att_spec, registry_name=actor_name(cfg, "registry"),
+                 control=dict(control.spec(name, operator, "node", p.node_id, None, None, dbg, roster),
+                              target=p.node_id))
     executors.update(new)
+    executors = {nid: control.signed(h, operator, "executor", nid) for nid, h in executors.items()}
     if new:
         log(f"starting {len(new)} node executor(s)…")
     refs = {e.ready.remote(): nid for nid, e in new.items()}
     done, pending = ray.wait(list(refs), num_returns=len(refs), timeout=ready_timeout_s) if refs else ([], [])
     if pending:
         for h in list(new.values()) + ([] if repair else aggs + [selector, registry, ledger]):
-            ray.kill(h, no_restart=True)
+            ray.kill(bare(h), no_restart=True)
         raise VerinferError(f"executors not ready after {ready_timeout_s:.0f}s: "
                             + ", ".join(sorted(refs[r] for r in pending)))
     infos = ray.get(list(refs))
@@ -260,14 +302,12 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     if rejoin:
         back = ray.get([registry.rejoin.remote(n) for n in rejoin])
         log(f"{sum(1 for b in back if b.get('rejoined'))}/{len(rejoin)} recreated node(s) rejoined with fresh keys")
-    epochs = existing("epochs")
     if att.enabled and infos:
         attest_all(registry, executors, [i["node_id"] for i in infos])
         n_ok = sum(1 for n in ray.get(registry.list_nodes.remote()) if n["attested"])
         log(f"attested {n_ok}/{len(infos) + len(rejoin)} node(s) ({att.provider}"
             + (", SIMULATED root of trust: not a real TEE)" if att.provider == "simulated" else ")"))
-    if att.enabled and epochs is None:
-        epochs = ray.remote(EpochKeeper).options(**opts("epochs")).remote(registry, att.epoch_s, att.renew_fraction)
+    if start_epochs:
         ray.get(epochs.start.remote())
         log(f"attestation epochs of {att.epoch_s:g}s: keys rotate and nodes re-attest at "
             f"{att.renew_fraction:.0%} of each epoch")
@@ -296,7 +336,8 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     if infos:
         log(f"admitted {len(infos)} node(s) in {len(classes)} determinism class(es): {', '.join(classes)}")
     ray.get([a.health.remote() for a in aggs])  # every shard has finished recovering its journal
-    return Network(cfg, registry, selector, ledger, Aggregators(aggs, agg_names), executors, epochs, pgs, hashes)
+    return Network(cfg, registry, selector, ledger, Aggregators(aggs, agg_names), executors, epochs, pgs, hashes,
+                   operator, control.gateway_key(secret).seed, roster, paths["secret"])
 
 
 def attest_all(registry, executors: dict, node_ids: list[str]) -> list[dict]:
@@ -324,8 +365,29 @@ def connect(cfg: NetworkConfig) -> Network:
                  if (h := _find(cfg, f"node/{nid}", ns)) is not None}
     epochs = _find(cfg, "epochs", ns)  # a network without attestation has no epochs
     models = ray.get(handles["registry"].list_models.remote())
-    return Network(cfg, handles["registry"], handles["selector"], handles["ledger"], Aggregators(aggs, names),
-                   executors, epochs, [], {m["model_id"]: m["model_hash"] for m in models})
+    op = operator_of(cfg)
+    sign = control.signed
+    return Network(cfg, sign(handles["registry"], op, "registry"), sign(handles["selector"], op, "selector"),
+                   sign(handles["ledger"], op, "ledger"), Aggregators([sign(a, op, "aggregator") for a in aggs], names),
+                   {n: sign(h, op, "executor", n) for n, h in executors.items()}, sign(epochs, op, "epochs"), [],
+                   {m["model_id"]: m["model_hash"] for m in models}, op, gateway_seed_of(cfg),
+                   ray.get(handles["registry"].roster.remote()), state_paths(cfg, cfg.ledger_file())["secret"])
+
+
+def gateway_seed_of(cfg: NetworkConfig, ledger_path: str | None = None) -> bytes | None:
+    """The gateway's key seed, where the network's secret is on this machine."""
+    secret_path = state_paths(cfg, ledger_path or cfg.ledger_file())["secret"]
+    if not os.path.exists(secret_path):
+        return None
+    return control.gateway_key(_secret(secret_path)).seed
+
+
+def operator_of(cfg: NetworkConfig, ledger_path: str | None = None):
+    """The operator's signer, where its key file is on this machine (else None: read-only)."""
+    secret_path = state_paths(cfg, ledger_path or cfg.ledger_file())["secret"]
+    if not os.path.exists(control.operator_path(secret_path)):
+        return None
+    return control.operator_key(secret_path, cfg.network.name)
 
 
 def all_roles(cfg: NetworkConfig) -> list[str]:
@@ -378,7 +440,13 @@ def teardown(net: Network | None = None, cfg: NetworkConfig | None = None, names
     handles = []
     if net is not None:
         aggs = list(net.aggregator.handles) if isinstance(net.aggregator, Aggregators) else [net.aggregator]
-        handles = list(net.executors.values()) + [net.epochs] + aggs + [net.selector, net.registry, net.ledger]
+        handles = [bare(h) for h in list(net.executors.values()) + [net.epochs] + aggs
+                   + [net.selector, net.registry, net.ledger]]
+        try:  # nodes that joined from outside: their stand-ins (actors.remote_node)
+            handles += [h for n, h in ray.get(bare(net.registry).handles.remote(), timeout=10).items()
+                        if n not in net.executors]
+        except Exception:
+            pass
     removed = []
     if cfg is not None:
         for role in all_roles(cfg):

@@ -104,6 +104,31 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
         "ledger": (dict,),
         "issued_at": (float, int),
     },
+    # caller -> a control-plane actor: the right to change its state (protocols.authority)
+    "call": {
+        "network": (str,),
+        "actor": (str,),  # ledger | registry | selector | aggregator | epochs
+        "method": (str,),
+        "args": (bytes,),  # authority.args_digest of the arguments, by parameter name
+        "holder": (str,),  # who the signer is in the roster (or the node id)
+        "nonce": (bytes,),
+        "issued_at": (float, int),
+    },
+    # network operator -> every control-plane actor: whose keys hold which role
+    "roster": {
+        "network": (str,),
+        "version": (int,),
+        "entries": (list,),  # [role, holder, public key]
+        "issued_at": (float, int),
+    },
+    # a roster holder -> everyone: its next key, signed by its current one
+    "rotation": {
+        "network": (str,),
+        "role": (str,),
+        "holder": (str,),
+        "key": (bytes,),
+        "issued_at": (float, int),
+    },
 }
 OPTIONAL: dict[str, dict[str, Any]] = {t: {} for t in SCHEMAS}
 OPTIONAL["request"] = {"p": None, "require_tee": False, "sealed": False, "client_kem": b""}

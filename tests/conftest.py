@@ -7,6 +7,9 @@ import os
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# tests may look inside actors with Ray's __ray_call__; networks refuse it unless deployed so
+# (test_compromised_node deploys one that refuses it)
+os.environ.setdefault("VERINFER_DEBUG_CALLS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -164,13 +164,17 @@ def test_nvidia_evidence_for_rotated_keys_binds_the_next_key(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "nv_attestation_sdk", _fake_sdk(True))
     monkeypatch.setattr(prov, "NvidiaGpuProvider", functools.partial(prov.NvidiaGpuProvider, clock=lambda: NOW))
-    ex = NodeExecutor("gpu-00", {"engine": "tiny"}, attestation={"provider": "nvidia"})
+    from tests.authority import AnyRole, local_call
+
+    auth = AnyRole()  # the epoch keeper's signed calls
+    ex = NodeExecutor("gpu-00", {"engine": "tiny"}, attestation={"provider": "nvidia"},
+                      control=auth.spec(target="gpu-00"))
     ex.engine = types.SimpleNamespace(model_hash=lambda: MEAS["model_hash"], name=MEAS["engine"])
     nonce = b"\x08" * 32
-    nxt = ex.prepare_rotation(nonce)
+    nxt = local_call(auth, ex, "executor", "prepare_rotation", nonce, target="gpu-00")
     assert nxt["pubkey"] != ex.key.public
     res = att.verify(nxt["evidence"], att.ExpectedBinding(nxt["pubkey"], nxt["kem_pub"], nonce), att.Policy(),
                      [NRAS_ANCHOR], NOW)
     assert res.ok and not res.simulated, res
-    ex.commit_rotation()
+    local_call(auth, ex, "executor", "commit_rotation", target="gpu-00")
     assert ex.key.public == nxt["pubkey"]

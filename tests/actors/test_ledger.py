@@ -12,6 +12,7 @@ import time
 import pytest
 
 from actors.ledger import LedgerStore, SlashingLedgerActor
+from tests.authority import AnyRole
 from protocols.errors import ChainBroken, InsufficientFunds
 from protocols.ledger import (
     EXTERNAL, TREASURY, BalanceMismatch, Economics, Posting, Settlement, SettlementConflict, Slash,
@@ -175,8 +176,9 @@ def test_sigkill_writer_loses_no_acknowledged_group(tmp_path):
 # --- the Ray actor ------------------------------------------------------------------
 @pytest.fixture
 def ledger(ray_cluster, tmp_path):
-    actor = SlashingLedgerActor.remote(str(tmp_path / "ledger.db"), ECON)
-    yield actor
+    auth = AnyRole()  # each call signed by a holder of its right (the aggregator escrows and settles)
+    actor = SlashingLedgerActor.remote(str(tmp_path / "ledger.db"), ECON, control=auth.spec())
+    yield auth.wrap(actor, "ledger")
     ray_cluster.kill(actor)
 
 
@@ -282,7 +284,9 @@ def test_actor_group_commit_batches_many_submissions(ray_cluster, ledger):
 
 def test_actor_survives_sigkill_with_submissions_in_flight(ray_cluster, tmp_path):
     ray = ray_cluster
-    actor = SlashingLedgerActor.remote(str(tmp_path / "kill.db"), ECON)
+    auth = AnyRole()
+    bare = SlashingLedgerActor.remote(str(tmp_path / "kill.db"), ECON, control=auth.spec())
+    actor = auth.wrap(bare, "ledger")
     try:
         pid = ray.get(actor.pid.remote())
         n = 600
@@ -304,7 +308,7 @@ def test_actor_survives_sigkill_with_submissions_in_flight(ray_cluster, tmp_path
         again = ray.get([actor.deposit.remote(f"client/c{i % 5}", i + 1, f"kill-{i}") for i in range(n)])
         assert all(r.applied == 0 for r in again) and ray.get(actor.stats.remote())["entries"] == n
     finally:
-        ray.kill(actor)
+        ray.kill(bare)
 
 
 def test_store_escrow_after_its_request_settled_is_refused_so_it_cannot_stay_locked(tmp_path):

@@ -29,25 +29,25 @@ def view(nid, live=True, stake=10):
 
 
 def draw(sel, rid, n=2):
-    return asyncio.run(sel.draw(rid, "m", n, det_class="c", allow_fewer=True))
+    return asyncio.run(sel._draw_retrying(rid, "m", n, det_class="c", allow_fewer=True))
 
 
 def test_deltas_keep_the_view_current_and_a_gap_forces_a_full_pull():
     reg = Registry(1, [view("a"), view("b"), view("c")])
     sel = QuorumSelector(reg, min_stake=5, vrf_key=VRF_KEY.export())
-    sel.on_registry(1, reg.nodes, {v.node_id: b"k" for v in reg.nodes})
-    sel.on_registry_delta({"base": 1, "version": 2, "views": [view("b", live=False)], "removed": ["c"],
+    sel._on_registry(1, reg.nodes, {v.node_id: b"k" for v in reg.nodes})
+    sel._on_registry_delta({"base": 1, "version": 2, "views": [view("b", live=False)], "removed": ["c"],
                            "keys": {}, "attestations": {}})
     assert draw(sel, "r1", 3)["eligible"] == ["a"] and reg.pulls == 0  # applied without asking
-    sel.on_registry_delta({"base": 2, "version": 3, "views": [view("d")], "removed": [],
+    sel._on_registry_delta({"base": 2, "version": 3, "views": [view("d")], "removed": [],
                            "keys": {"d": b"kd"}, "attestations": {}})
     rec = draw(sel, "r2", 3)
     assert rec["eligible"] == ["a", "d"] and dict(zip(rec["selected"], rec["keys"]))["d"] == b"kd"
-    sel.on_registry_delta({"base": 2, "version": 3, "views": [view("a", live=False)], "removed": [],
+    sel._on_registry_delta({"base": 2, "version": 3, "views": [view("a", live=False)], "removed": [],
                            "keys": {}, "attestations": {}})  # a replay of an old version changes nothing
     assert draw(sel, "r3", 3)["eligible"] == ["a", "d"]
     # version 4 never arrived: 5 does not follow 3, so the next draw asks for everything
     reg.version, reg.nodes = 5, [view("a"), view("e", stake=1), view("f")]
-    sel.on_registry_delta({"base": 4, "version": 5, "views": [view("f")], "removed": [], "keys": {},
+    sel._on_registry_delta({"base": 4, "version": 5, "views": [view("f")], "removed": [], "keys": {},
                            "attestations": {}})
     assert draw(sel, "r4", 3)["eligible"] == ["a", "f"] and reg.pulls == 1  # e's stake is below min_stake

@@ -33,6 +33,13 @@ def _state(net):
             [(n["node_id"], n["pubkey"], n["live"], n["attested"], n["stake"], n["epoch"]) for n in nodes])
 
 
+def _as(net, role: str, holder: str):
+    from actors.authority import Signed, bare
+    from tests.authority import as_holder
+
+    return Signed(bare(net.ledger), as_holder(net, role, holder), "ledger")
+
+
 def _typed(exc: BaseException) -> bool:
     return isinstance(exc, VerinferError) or isinstance(getattr(exc, "cause", None), VerinferError)
 
@@ -95,14 +102,16 @@ def test_an_executor_refuses_mutated_requests_with_a_typed_error(tiny_net, spent
 def test_ledger_calls_with_malformed_arguments_move_no_money(tiny_net, r):
     before = (ray.get(tiny_net.ledger.balances.remote()), ray.get(tiny_net.ledger.head.remote()))
     junk = lambda: adversary.rand_value(r)  # noqa: E731
+    # each call signed by the holder of its right: the arguments, not the signature, are what is tried
+    op, agg, sel = tiny_net.ledger, _as(tiny_net, "aggregator", "aggregator/0"), _as(tiny_net, "selector", "selector")
     call = r.choice([
-        lambda: tiny_net.ledger.deposit.remote(junk(), junk(), junk()),
-        lambda: tiny_net.ledger.withdraw.remote("client/nobody", r.choice([-1, 0, 10 ** 30, 1.5, "1"]), "w"),
-        lambda: tiny_net.ledger.escrow.remote(junk(), junk(), junk()),
-        lambda: tiny_net.ledger.settle.remote(junk()),
-        lambda: tiny_net.ledger.submit.remote([junk()]),
-        lambda: tiny_net.ledger.bind_members.remote(junk(), junk()),
-        lambda: tiny_net.ledger.settle_members.remote(junk(), junk()),
+        lambda: op.deposit.remote(junk(), junk(), junk()),
+        lambda: op.withdraw.remote("client/nobody", r.choice([-1, 0, 10 ** 30, 1.5, "1"]), "w"),
+        lambda: agg.escrow.remote(junk(), junk(), junk()),
+        lambda: agg.settle.remote(junk()),
+        lambda: op.submit.remote([junk()]),
+        lambda: sel.bind_members.remote(junk(), junk()),
+        lambda: agg.settle_members.remote(junk(), junk()),
     ])
     try:
         ray.get(call(), timeout=60)

@@ -177,7 +177,9 @@ def test_obfuscated_rounds_survive_a_selector_restart_and_its_file_unblinds_nobo
 def test_a_shard_that_is_gone_is_routed_around_and_a_repair_brings_it_back(net, client):
     from cluster.network import deploy, status
 
-    ray.kill(net.aggregator.handles[1], no_restart=True)
+    from actors.authority import bare
+
+    ray.kill(bare(net.aggregator.handles[1]), no_restart=True)
     deadline = time.time() + 30
     while status(net.config, None)["actors"]["aggregator/1"] != "missing" and time.time() < deadline:
         time.sleep(0.2)

@@ -39,10 +39,13 @@ def test_keys_rotate_every_epoch_while_tee_requests_keep_finalizing(epoch_net):
     seen = {nid: {n["epoch"]: n["pubkey"]} for nid, n in before.items()}  # node -> epoch -> key
     results = []
     give_up = time.time() + 60 * EPOCH_S  # only a guard against a hang: we wait for events, not a clock
+    holders = [epoch_net.registry, epoch_net.selector, epoch_net.epochs, *epoch_net.aggregator.handles]
+    control_before = [ray.get(h.control_key.remote())["key"] for h in holders]
 
     def renewed_twice() -> bool:
         now = nodes(epoch_net)
-        return all(now[n]["epoch"] >= before[n]["epoch"] + 2 for n in now)
+        return all(now[n]["epoch"] >= before[n]["epoch"] + 2 for n in now) and \
+            all(ray.get(h.control_key.remote())["key"] != k for h, k in zip(holders, control_before))
 
     done = threading.Event()
 
@@ -74,6 +77,8 @@ def test_keys_rotate_every_epoch_while_tee_requests_keep_finalizing(epoch_net):
         assert len(keys) >= 2 and len(set(keys.values())) == len(keys), (nid, keys)
     assert all(after[n]["attestation"]["reason"] == "ok" for n in after)
     assert results and all(r.status == "final" and not r.summary.slashed for r in results)
+    # the control plane's own signing keys rotated with the epochs too, and every call kept passing
+    assert all(ray.get(h.control_key.remote())["key"] != k for h, k in zip(holders, control_before))
     roots = trust_roots(epoch_net)
     for r in results[-4:]:  # each receipt carries the evidence for the keys its members signed with
         s = receipts.verify_receipt(r.receipt, [client.aggregator_key], r.token_ids, trusted_roots=roots)

@@ -153,7 +153,7 @@ def test_require_tee_obfuscated_round_is_sealed_attested_and_anonymous(tiny_net,
     all_ids = [x for v in secrets.values() for x in v]
     agg = ray.get(tiny_net.aggregator.debug_state.remote(h.request_id))
     sel = ray.get(tiny_net.selector.__ray_call__.remote(lambda s: pickle.dumps(
-        {k: v for k, v in vars(s).items() if k not in ("registry", "aggregator", "ledger", "key", "vrf", "_tasks", "store")})))
+        {k: v for k, v in vars(s).items() if k not in ("registry", "aggregator", "ledger", "key", "vrf", "_tasks", "store", "gate")})))
     assert not contains_any(res.receipt, all_ids)  # still no identities in the receipt
     live = pickle.loads(agg)
     table = set(messages.unpack(live.pop("prompt"))["keys"])  # the sealed prompt's recipient table

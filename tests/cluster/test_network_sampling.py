@@ -131,12 +131,16 @@ def test_same_settlement_applied_twice_pays_once(net, client):
 
     paid = tuple(res.summary.paid)
     again = Settlement(h.request_id, client.client_id, net.config.economics.price * 3, paid, beneficiaries=paid)
-    r2 = ray.get(net.ledger.settle.remote(again))  # what a retried call re-sends
+    from actors.authority import Signed, bare
+    from tests.authority import as_holder
+
+    ledger = Signed(bare(net.ledger), as_holder(net, "aggregator", "aggregator/0"), "ledger")  # the shard's key
+    r2 = ray.get(ledger.settle.remote(again))  # what a retried call re-sends
     assert r2.applied == 0
     from protocols.ledger import SettlementConflict
 
     with pytest.raises(SettlementConflict):  # and a different outcome for a settled request is refused
-        ray.get(net.ledger.settle.remote(Settlement(h.request_id, client.client_id, 1, paid[:1])))
+        ray.get(ledger.settle.remote(Settlement(h.request_id, client.client_id, 1, paid[:1])))
     assert ray.get(net.ledger.entries_for.remote(h.request_id)) == entries
     assert ray.get(net.ledger.balances.remote()) == balances
 

@@ -7,6 +7,8 @@ import uuid
 import pytest
 import ray
 
+from protocols.authority import Unauthorized
+
 from cluster.network import teardown
 from protocols import messages, receipts
 from protocols.attestation import AttestationError
@@ -130,15 +132,14 @@ def test_weights_key_is_refused_to_a_node_without_valid_attestation(small):
     set_tcb(small, "tiny-01", 0)
     try:
         assert not attest(small, "tiny-01")["ok"]
-        with pytest.raises(Exception, match="no valid attestation"):
-            ray.get(small.registry.release_weights_key.remote("tiny-01"))
         with pytest.raises(Exception, match="no valid attestation"):  # so the executor cannot load the model
             ray.get(small.executors["tiny-01"].unlock.remote(small.registry))
     finally:
         set_tcb(small, "tiny-01", 3)
     assert attest(small, "tiny-01")["ok"]
-    sealed = ray.get(small.registry.release_weights_key.remote("tiny-01"))
-    assert isinstance(sealed, bytes)  # sealed to the node's HPKE key: useless to anyone else
+    ray.get(small.executors["tiny-01"].unlock.remote(small.registry))  # the node's own signed call: released
+    with pytest.raises(Unauthorized):  # nobody else may ask for it, not even the operator
+        ray.get(small.registry.release_weights_key.remote("tiny-01"))
 
 
 def test_revocation_removes_nodes_from_selection_at_once(small):
@@ -165,7 +166,7 @@ def test_prompt_and_output_plaintext_never_reach_selector_aggregator_or_ledger(t
     text = res.text.encode()
     agg = ray.get(tiny_net.aggregator.debug_state.remote(h.request_id))
     sel = ray.get(tiny_net.selector.__ray_call__.remote(lambda s: pickle.dumps(
-        {k: v for k, v in vars(s).items() if k not in ("registry", "aggregator", "ledger", "key", "_tasks", "store")})))
+        {k: v for k, v in vars(s).items() if k not in ("registry", "aggregator", "ledger", "key", "_tasks", "store", "gate")})))
     led = ray.get(tiny_net.ledger.entries_for.remote(h.request_id))
     for blob in (agg, sel, pickle.dumps(led), res.receipt):
         assert secret.encode() not in blob

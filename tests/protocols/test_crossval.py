@@ -129,7 +129,10 @@ def test_uncertain_prefill_falls_back_to_regeneration_on_a_real_engine(monkeypat
             "timeout_s": 10.0, "nonce": nonce, "created_at": 0.0}
     request_raw = messages.seal("request", body, client).raw
 
-    ex = NodeExecutor("v1", {"engine": "tiny"}, key_seed=b"\x07" * 32)
+    from tests.authority import AnyRole, local_call
+
+    auth = AnyRole()  # the aggregator's signed calls
+    ex = NodeExecutor("v1", {"engine": "tiny"}, key_seed=b"\x07" * 32, control=auth.spec(target="v1"))
     ex.engine = eng
 
     judged = []
@@ -139,11 +142,13 @@ def test_uncertain_prefill_falls_back_to_regeneration_on_a_real_engine(monkeypat
         return decoding.Verdict(False, True, None)
 
     monkeypatch.setattr(decoding, "judge", uncertain)
-    res = asyncio.run(ex.execute(request_raw, prompt, "quorum", claimed=claimed))
+    res = asyncio.run(local_call(auth, ex, "executor", "execute", request_raw, prompt, "quorum", claimed=claimed,
+                                 target="v1"))
     assert judged == [claimed]  # prefill verification really ran on the claim
     assert res["method"] == "prefill-uncertain+generate"
     assert res["output"]["token_ids"] == plain  # regenerated: the node's own decode, not the claim
-    reveal = messages.open_envelope(asyncio.run(ex.reveal(rid)), "reveal").body
+    reveal = messages.open_envelope(asyncio.run(local_call(auth, ex, "executor", "reveal", rid, target="v1")),
+                                    "reveal").body
     assert reveal["commitment"] == commitments.output_commitment(
         rid, eng.model_hash(), body["prompt_hash"], params.to_wire(), plain)
     assert reveal["commitment"] != commitments.output_commitment(
