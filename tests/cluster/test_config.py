@@ -81,12 +81,14 @@ def test_base_dict_is_valid():
 
 
 def test_every_served_mode_is_accepted_as_default():
-    from protocols.modes import MODES
+    from protocols.modes import MODES, SPECS
 
     assert "sampling" in MODES
     for mode in MODES:
         d = base()
         d["network"]["default_mode"] = mode
+        if SPECS[mode].attested:  # (a TEE default needs nodes that can attest)
+            d["attestation"] = {"provider": "simulated", "allow_simulated": True}
         assert config.from_dict(d).network.default_mode == mode
 
 
@@ -279,3 +281,120 @@ def test_missing_file_is_config_error(tmp_path):
 def test_missing_bare_name_is_config_error():
     with pytest.raises(ConfigError, match=r"cannot read config.*no-such-network\.toml"):
         config.load("no-such-network.toml")
+
+
+# --- every field: wrong type or out of range -> one line naming the field and what is allowed --
+
+NAN, INF = float("nan"), float("inf")
+SIM = {"provider": "simulated", "allow_simulated": True}
+
+
+def _att(**kw):
+    return _set(["attestation"], dict(SIM, **kw))
+
+
+FIELDS = [
+    # (id, mutation, the field the message must name)
+    ("network.name-int", _set(["network", "name"], 5), "network.name"),
+    ("network.name-newline", _set(["network", "name"], "a\nb"), "network.name"),
+    ("network.namespace-int", _set(["network", "namespace"], 7), "network.namespace"),
+    ("network.namespace-empty", _set(["network", "namespace"], ""), "network.namespace"),
+    ("network.ledger_path-int", _set(["network", "ledger_path"], 3), "network.ledger_path"),
+    ("network.ledger_path-blank", _set(["network", "ledger_path"], " "), "network.ledger_path"),
+    ("network.draw_embargo_s-str", _set(["network", "draw_embargo_s"], "1"), "network.draw_embargo_s"),
+    ("network.draw_embargo_s-nan", _set(["network", "draw_embargo_s"], NAN), "network.draw_embargo_s"),
+    ("network.default_mode-int", _set(["network", "default_mode"], 3), "network.default_mode"),
+    ("network.default_n-str", _set(["network", "default_n"], "3"), "network.default_n"),
+    ("network.default_n-bool", _set(["network", "default_n"], True), "network.default_n"),
+    ("network.default_n-float", _set(["network", "default_n"], 1.5), "network.default_n"),
+    ("network.aggregator_shards-zero", _set(["network", "aggregator_shards"], 0), "network.aggregator_shards"),
+    ("network.aggregator_shards-str", _set(["network", "aggregator_shards"], "2"), "network.aggregator_shards"),
+    ("network.default_mode-tee-unattested", _set(["network", "default_mode"], "tee"), "network.default_mode"),
+    ("models.id-int", _set(["models", 0, "id"], 5), "models.id"),
+    ("models.id-slash", _set(["models", 0, "id"], "a/b"), "models.id"),
+    ("models.engine-int", _set(["models", 0, "engine"], 5), "models[m].engine"),
+    ("models.engine-list", _set(["models", 0, "engine"], ["tiny"]), "models[m].engine"),
+    ("models.options.encrypted_weights-str", _set(["models", 0, "options"], {"encrypted_weights": "yes"}),
+     "models[m].options.encrypted_weights"),
+    ("models.options.encrypted_weights-unattested", _set(["models", 0, "options"], {"encrypted_weights": True}),
+     "models[m].options.encrypted_weights"),
+    ("models.timeout_s-str", lambda d: d["models"][0].update(timeout_s="5"), "models[m].timeout_s"),
+    ("models.timeout_s-inf", lambda d: d["models"][0].update(timeout_s=INF), "models[m].timeout_s"),
+    ("models.timeout_per_token_s-negative", lambda d: d["models"][0].update(timeout_per_token_s=-1),
+     "models[m].timeout_per_token_s"),
+    ("models.tolerance-int", lambda d: d["models"][0].update(tolerance=5), "models[m].tolerance"),
+    ("models.match-unknown", lambda d: d["models"][0].update(match="fuzzy"), "models[m].match"),
+    ("models.match-int", lambda d: d["models"][0].update(match=3), "models[m].match"),
+    ("models.match-tolerant-untuned", lambda d: d["models"][0].update(match="tolerant"), "models[m].match"),
+    ("nodes.model-int", _set(["nodes", 0, "model"], 5), "nodes.model"),
+    ("nodes.count-str", _set(["nodes", 0, "count"], "4"), "nodes[m].count"),
+    ("nodes.count-bool", _set(["nodes", 0, "count"], True), "nodes[m].count"),
+    ("nodes.count-huge", _set(["nodes", 0, "count"], 10**6), "nodes[m].count"),
+    ("nodes.prefix-int", _set(["nodes", 0, "prefix"], 5), "nodes[m].prefix"),
+    ("nodes.prefix-slash", _set(["nodes", 0, "prefix"], "a/b"), "nodes[m].prefix"),
+    ("nodes.threads-float", _set(["nodes", 0, "threads"], 2.0), "nodes[m].threads"),
+    ("nodes.dtype-float16", _set(["nodes", 0, "dtype"], "float16"), "nodes[m].dtype"),
+    ("nodes.dtype-int", _set(["nodes", 0, "dtype"], 32), "nodes[m].dtype"),
+    ("nodes.gpus-bool", _set(["nodes", 0, "gpus"], True), "nodes[m].gpus"),
+    ("nodes.gpus-float", _set(["nodes", 0, "gpus"], 1.0), "nodes[m].gpus"),
+    ("nodes.cpus-negative", _set(["nodes", 0, "cpus"], -1), "nodes[m].cpus"),
+    ("nodes.cpus-str", _set(["nodes", 0, "cpus"], "1"), "nodes[m].cpus"),
+    ("nodes.cpus-nan", _set(["nodes", 0, "cpus"], NAN), "nodes[m].cpus"),
+    ("malicious-int-behaviour", _set(["malicious"], {"m-00": 5}), "malicious[m-00]"),
+    ("malicious-list-behaviour", _set(["malicious"], {"m-00": ["substitute"]}), "malicious[m-00]"),
+    ("attestation.provider-int", _att(provider=5), "attestation.provider"),
+    ("attestation.provider-sgx", _set(["attestation"], {"provider": "sgx"}), "attestation.provider"),
+    ("attestation.allow_simulated-str", _set(["attestation"], {"allow_simulated": "yes"}),
+     "attestation.allow_simulated"),
+    ("attestation.root_seed-not-hex", _att(root_seed="zz"), "attestation.root_seed"),
+    ("attestation.root_seed-int", _att(root_seed=5), "attestation.root_seed"),
+    ("attestation.root_seed-16-bytes", _att(root_seed="00" * 16), "attestation.root_seed"),
+    ("attestation.tcb_version-negative", _att(tcb_version=-1), "attestation.tcb_version"),
+    ("attestation.tcb_version-str", _att(tcb_version="3"), "attestation.tcb_version"),
+    ("attestation.min_tcb_version-float", _att(min_tcb_version=1.5), "attestation.min_tcb_version"),
+    ("attestation.tcb-below-min", _att(tcb_version=1, min_tcb_version=2), "attestation.tcb_version"),
+    ("attestation.max_age_s-zero", _att(max_age_s=0), "attestation.max_age_s"),
+    ("attestation.max_age_s-str", _att(max_age_s="300"), "attestation.max_age_s"),
+    ("attestation.epoch_s-inf", _att(epoch_s=INF), "attestation.epoch_s"),
+    ("attestation.renew_fraction-bool", _att(renew_fraction=True), "attestation.renew_fraction"),
+    ("attestation.renew_fraction-str", _att(renew_fraction="0.5"), "attestation.renew_fraction"),
+    ("economics.price-str", _set(["economics", "price"], "1000"), "economics.price"),
+    ("economics.price-float", _set(["economics", "price"], 1.5), "economics.price"),
+    ("economics.fee_fraction-nan", _set(["economics", "fee_fraction"], NAN), "economics.fee_fraction"),
+    ("limits.max_n-str", _set(["limits", "max_n"], "5"), "limits.max_n"),
+    ("limits.timeout_s-nan", _set(["limits", "timeout_s"], NAN), "limits.timeout_s"),
+    ("limits.max_tokens-bool", _set(["limits", "max_tokens"], True), "limits.max_tokens"),
+    ("models-missing-id", _delete(["models", 0, "id"]), "[models]"),
+    ("nodes-missing-count", _delete(["nodes", 0, "count"]), "[nodes]"),
+    ("network-not-table", _set(["network"], 5), "[network]"),
+    ("models-entry-not-table", _set(["models"], [5]), "[models]"),
+]
+
+
+@pytest.mark.parametrize("mutate,name", [pytest.param(m, f, id=i) for i, m, f in FIELDS])
+def test_every_field_is_checked_in_one_line_naming_it(mutate, name):
+    d = base()
+    mutate(d)
+    with pytest.raises(ConfigError) as ei:
+        config.from_dict(d)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert name in msg
+    assert "must" in msg or "missing" in msg or "needs" in msg, msg  # says what is allowed
+
+
+def test_network_name_not_a_string_in_a_file_says_so_in_one_line(tmp_path):
+    """The reported case: `name = 5` under [network] (was: argument of type 'int' is not iterable)."""
+    p = tmp_path / "net.toml"
+    p.write_text(VALID_TOML.replace('name = "file-net"', "name = 5"))
+    with pytest.raises(ConfigError) as ei:
+        config.load(p)
+    assert str(ei.value) == (f"{p}: network.name must be a non-empty string of at most 128 printable "
+                             "characters without '/', got 5")
+
+
+def test_not_utf8_file_is_config_error(tmp_path):
+    p = tmp_path / "latin1.toml"
+    p.write_bytes(b'[network]\nname = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        config.load(p)
