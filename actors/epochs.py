@@ -182,5 +182,9 @@ class EpochKeeper(Controlled):
                              return_exceptions=True)
 
     def status(self) -> dict:
+        ok = sum(len(h.get("ok", ())) for h in self.history)
+        tried = sum(len(h.get("nodes", ())) for h in self.history)
         return {"epoch_s": self.epoch_s, "margin_s": self.margin_s, "running": bool(self._task and not self._task.done()),
-                "renewals": len(self.history), "last": self.history[-1] if self.history else None}
+                "renewals": len(self.history), "last": self.history[-1] if self.history else None,
+                "node_renewals": ok, "node_renewal_failures": tried - ok,
+                "errors": sum(1 for h in self.history if "error" in h), "key_rotated_at": self._rotated_at}

@@ -24,6 +24,7 @@ class Gate:
         self.queue = FairQueue()
         self.in_flight = 0
         self.admitted: dict[str, int] = {}  # key -> requests admitted (fairness figures)
+        self.refused: dict[str, int] = {}  # key -> requests refused (429: its rate, or a full network)
         self.fair = True  # False: one FIFO for everyone (the baseline the benchmark compares with)
 
     def configure(self, fair: bool = True, capacity: int | None = None) -> None:
@@ -35,6 +36,13 @@ class Gate:
             self.capacity = capacity
 
     async def enter(self, key: str, quota: dict, tokens: int) -> None:
+        try:
+            await self._enter(key, quota, tokens)
+        except QuotaExceeded:
+            self.refused[key] = self.refused.get(key, 0) + 1
+            raise
+
+    async def _enter(self, key: str, quota: dict, tokens: int) -> None:
         q = Quota(**quota)
         meter = self.meters.setdefault(key, Meter())
         meter.check(q, int(tokens), time.time())
@@ -76,4 +84,4 @@ class Gate:
 
     def stats(self) -> dict:
         return {"in_flight": self.in_flight, "waiting": len(self.queue), "capacity": self.capacity,
-                "admitted": dict(self.admitted)}
+                "admitted": dict(self.admitted), "refused": dict(self.refused)}

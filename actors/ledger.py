@@ -32,6 +32,7 @@ from typing import Mapping, Sequence
 import msgpack
 
 from actors.authority import Controlled, Gatekeeper, guarded
+from actors.observe import Histogram
 from actors.outbox import answer_each
 from protocols import settlement as settle_rules
 from protocols.canonical import digest, pack
@@ -192,6 +193,23 @@ class LedgerStore:
 
     def entries_for(self, request_id: str) -> list[Entry]:
         return self._select("WHERE request_id = ? ORDER BY seq", (request_id,))
+
+    def node_summary(self) -> dict[str, dict]:
+        """Per node: rewards (count, amount) and slashes by reason (count, amount) — the
+        status page's "served" and "slashed" columns."""
+        out: dict[str, dict] = {}
+        for dst, n, total in self._db.execute(
+                "SELECT dst, COUNT(*), SUM(amount) FROM entries WHERE reason = 'reward' GROUP BY dst"):
+            if dst.startswith("rewards/"):
+                out.setdefault(dst.split("/", 1)[1], {"served": 0, "earned": 0, "slashed": {}}).update(
+                    served=int(n), earned=int(total))
+        for src, reason, n, total in self._db.execute(
+                "SELECT src, reason, COUNT(*), SUM(amount) FROM entries WHERE reason LIKE 'slash-%' "
+                "AND reason != 'slash-share' GROUP BY src, reason"):
+            if src.startswith("collateral/"):
+                node = out.setdefault(src.split("/", 1)[1], {"served": 0, "earned": 0, "slashed": {}})
+                node["slashed"][reason[len("slash-"):]] = [int(n), int(total)]
+        return out
 
     def recent(self, reason_prefix: str = "", limit: int = 20) -> list[Entry]:
         """Newest entries whose reason starts with `reason_prefix`, newest first."""
@@ -390,6 +408,7 @@ class SlashingLedger(Controlled):
         self._wakeup: asyncio.Event | None = None
         self._writer: asyncio.Task | None = None
         self._max_groups_per_commit = 0
+        self._commit_latency = Histogram()  # one group commit (durable), for /metrics
 
     async def _enqueue(self, group: Group, at: float | None) -> GroupResult:
         loop = asyncio.get_running_loop()
@@ -411,8 +430,10 @@ class SlashingLedger(Controlled):
                 del self._pending[:self._max_batch]
                 self._max_groups_per_commit = max(self._max_groups_per_commit, len(batch))
                 try:
+                    t0 = time.perf_counter()
                     results = await loop.run_in_executor(
                         self._executor, self._store.commit_groups, [(g, at) for g, at, _ in batch])
+                    self._commit_latency.add(time.perf_counter() - t0)
                 except Exception as exc:  # the whole transaction rolled back
                     for *_, fut in batch:
                         if not fut.done():
@@ -513,6 +534,9 @@ class SlashingLedger(Controlled):
     async def recent(self, reason_prefix: str = "slash", limit: int = 20) -> list[Entry]:
         return await self._read(self._store.recent, reason_prefix, limit)
 
+    async def node_summary(self) -> dict[str, dict]:
+        return await self._read(self._store.node_summary)
+
     async def settlement(self, request_id: str) -> dict | None:
         return await self._read(self._store.settlement, request_id)
 
@@ -528,7 +552,7 @@ class SlashingLedger(Controlled):
         return {"entries": st.head()[0], "commits": st.commits, "groups": st.groups,
                 "groups_per_commit": st.groups / st.commits if st.commits else 0.0,
                 "max_groups_per_commit": self._max_groups_per_commit,
-                "pending": len(self._pending)}
+                "pending": len(self._pending), "commit_seconds": self._commit_latency.to_wire()}
 
     async def pid(self) -> int:
         return os.getpid()

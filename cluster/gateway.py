@@ -51,6 +51,7 @@ class NetView:
     aggregator: Any
     model_hashes: dict
     roster: bytes = b""  # the operator-signed roster (node agents check calls against it)
+    epochs: Any = None  # the epoch keeper (the status page shows renewals), if the network attests
 
 
 def keys_path(cfg) -> str:
@@ -74,6 +75,9 @@ def _build_app():
                 net.aggregator = Aggregators([Signed(h, me, "aggregator") for h in agg.handles], agg.names)
             self.net, self.gate = net, gate
             self.keys = KeyStore(keys_file)
+            from .status_page import StatusCore
+
+            self.status = StatusCore(net, self.keys, gate, net.epochs)
             self._clients: dict[str, AsyncClient] = {}
             self._models: dict[str, dict] = {}
             self._lock = asyncio.Lock()
@@ -194,7 +198,7 @@ def _build_app():
                 res = await handle.result()
             finally:
                 self.gate.leave.remote(key.key_id)
-            vi = oa.verinfer_object(res, url, mode)
+            vi = oa.verinfer_object(res, url, mode, trust_roots=client.trust_roots)
             return JSONResponse(oa.response(call, res, res.prompt_tokens, created, vi),
                                 headers={"x-verinfer-request-id": rid, "x-verinfer-status": res.status})
 
@@ -222,7 +226,7 @@ def _build_app():
                                       time_to_first_output=None, time_to_finality=time.time() - t0)
             else:
                 res = client.complete(fin, rid, t0)
-            vi = oa.verinfer_object(res, url, mode)
+            vi = oa.verinfer_object(res, url, mode, trust_roots=client.trust_roots)
             vi["final"] = base64.b64encode(msgpack.packb(fin, use_bin_type=True)).decode()
             return JSONResponse(oa.response(call, res, 0, created, vi),
                                 headers={"x-verinfer-request-id": rid, "x-verinfer-status": res.status})
@@ -240,7 +244,7 @@ def _build_app():
                             yield oa.sse(oa.chunk(call, rid, created, text=item["text"]))
                     else:
                         res = item
-                vi = oa.verinfer_object(res, url, mode, streamed_text=streamed)
+                vi = oa.verinfer_object(res, url, mode, streamed_text=streamed, trust_roots=handle.client.trust_roots)
                 # the last chunk says whether the stream held; if it did not, it carries the accepted text
                 tail = None if vi["stream_held"] else ""
                 yield oa.sse(oa.chunk(call, rid, created, text=tail, finish=oa.finish_reason(res, call.max_tokens),
@@ -267,6 +271,16 @@ def _build_app():
                                                                                         "request").body)))
             return Response(raw, media_type="application/msgpack",
                             headers={"x-verinfer-request-id": request_id, "x-verinfer-status": fin["status"]})
+
+        async def receipt_view(self, request_id: str) -> dict:
+            """The decoded receipt for the status page (public: receipts carry hashes only)."""
+            client = await self._client("status")
+            try:
+                return await self.status.receipt(request_id, {
+                    "aggregator": client.aggregator_key, "selector": client.selector_key, "vrf": client.vrf_key,
+                    "roots": list(client.trust_roots)})
+            except Exception as exc:
+                raise oa.error_for(exc) from None
 
         async def attestation(self, request: Request):
             self._key(request)
@@ -321,7 +335,7 @@ def make_deployment(num_replicas: int = 1):
     """The Serve deployment class (built lazily: importing this module needs no Serve)."""
     from ray import serve
 
-    from fastapi.responses import Response
+    from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
     app, Core, errors, Request = _build_app()
 
@@ -334,6 +348,37 @@ def make_deployment(num_replicas: int = 1):
 
             self.core = Core(net, keys_file, gate, gateway_seed)
             self.nodes = NodeEndpoint(net)  # nodes that run outside the cluster
+
+        @app.get("/")
+        async def home(self):
+            from .status_page import page
+
+            return HTMLResponse(page("status.html"))
+
+        @app.get("/status")
+        async def status_page(self):
+            from .status_page import page
+
+            return HTMLResponse(page("status.html"))
+
+        @app.get("/status.json")
+        async def status_json(self, request: Request):
+            return await errors(self.core.status.status)()
+
+        @app.get("/metrics")
+        async def metrics(self):
+            return PlainTextResponse(await self.core.status.metrics(),
+                                     media_type="text/plain; version=0.0.4; charset=utf-8")
+
+        @app.get("/receipts/{request_id}")
+        async def receipt_page(self, request_id: str):
+            from .status_page import page
+
+            return HTMLResponse(page("receipt.html"))
+
+        @app.get("/status/receipts/{request_id}")
+        async def receipt_json(self, request: Request, request_id: str):
+            return await errors(self.core.receipt_view)(request_id)
 
         @app.get("/v1/nodes/network")
         async def nodes_network(self):
@@ -397,7 +442,7 @@ def start(net, host: str = "127.0.0.1", port: int = 8000, keys_file: str | None 
     except ValueError:
         gate = ray.remote(Gate).options(name=name, num_cpus=0, **ns).remote(capacity)
     view = NetView(net.config, net.registry, net.selector, net.ledger, net.aggregator, dict(net.model_hashes),
-                   getattr(net, "roster", b""))
+                   getattr(net, "roster", b""), getattr(net, "epochs", None))
     keys_file = keys_file or keys_path(net.config)
     KeyStore(keys_file)  # create the database (and its master secret) here, once
     if _PROXY.get("cluster") == ray.get_runtime_context().get_job_id() and _PROXY.get("http"):

@@ -257,12 +257,18 @@ def render_chat(msgs: list[dict], template: str | None) -> tuple[str, bool]:
 
 
 # --- responses ------------------------------------------------------------------------
-def verinfer_object(res, receipt_url: str, mode: str, streamed_text: str | None = None) -> dict:
-    """What every response carries about its verification."""
+def verinfer_object(res, receipt_url: str, mode: str, streamed_text: str | None = None,
+                    trust_roots: list[bytes] | None = None) -> dict:
+    """What every response carries about its verification, including how each member was
+    attested ("simulated" | "hardware", or "none") and the trust roots that was checked under."""
     s = res.summary
+    attested = dict(getattr(s, "attested", None) or {})
     obj = {"request_id": res.request_id, "status": res.status, "mode": mode, "n": s.n,
            "members": dict(s.members), "paid": list(s.paid), "slashed": [list(x) for x in s.slashed],
            "branch": res.branch or None, "receipt_url": receipt_url, "receipt_verified": True,
+           "attestation": {m: attested.get(m, "none") for m in s.members},
+           "attestation_checked_under": [r.hex() for r in (trust_roots or [])],
+           "attestation_note": _attestation_note(attested, trust_roots),
            "time_to_first_output_s": res.time_to_first_output, "time_to_finality_s": res.time_to_finality}
     if streamed_text is not None:
         held = streamed_text == (res.text or "")
@@ -270,6 +276,19 @@ def verinfer_object(res, receipt_url: str, mode: str, streamed_text: str | None 
         if not held:
             obj["accepted_text"] = res.text
     return obj
+
+
+def _attestation_note(attested: dict, roots) -> str:
+    """One sentence, in plain words, on how the members were attested and how to check it."""
+    if not attested:
+        return "no member was attested: this answer was checked by the quorum alone"
+    kinds = sorted(set(attested.values()))
+    how = ("a SIMULATED root of trust (a test key, not real hardware)" if kinds == ["simulated"] else
+           "hardware attestation (NVIDIA GPU confidential computing)" if kinds == ["hardware"] else
+           " and ".join(kinds))
+    return (f"{len(attested)} member(s) attested by {how}, verified by the gateway under the trust root(s) in "
+            "attestation_checked_under; check it yourself: fetch receipt_url and run `verinfer verify FILE "
+            "--trust-root HEX --aggregator-key HEX` with the keys `verinfer keys network` prints")
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
