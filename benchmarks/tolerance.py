@@ -20,7 +20,11 @@ same thresholds. Also: fingerprint bytes per 32 tokens, and verification time
 against generation time at 128 tokens.
 
     python -m benchmarks.tolerance --out out/tolerance            # tiny, >= 2,000 honest pairs
-    python -m benchmarks.tolerance --engines tiny,smollm2 --smollm2-requests 12
+    python -m benchmarks.tolerance --engines tiny,smollm2 --smollm2-requests 36 --max-tokens 32
+
+Besides its own calibration (half the pairs) and held-out check, it scores every pair
+and cheat against the tolerance the packaged network configs run with (`configured`),
+to which all of them are fresh.
 """
 
 from __future__ import annotations
@@ -166,6 +170,14 @@ def calibrate(pairs: list[dict], slack: float) -> fp.Tolerance:
                                                  max_err=min(10.0, worst("max_err") * slack)))
 
 
+def configured(engine: str) -> fp.Tolerance | None:
+    """The tolerance a packaged network config gives this engine's model (tiny.toml, default.toml)."""
+    from cluster import config as cfgmod
+
+    cfg = cfgmod.load("tiny.toml" if engine == "tiny" else "default.toml")
+    return next((m.tolerant() for m in cfg.models if m.engine == engine and m.tolerance is not None), None)
+
+
 def passes(s: dict, tol: fp.Tolerance) -> bool:
     th = tol.thresholds
     return (s["tokens_ok"] and s["token_margin"] <= tol.token_margin and s["overlap"] >= th.min_overlap
@@ -239,6 +251,11 @@ def main(argv=None) -> int:
         tol = calibrate(cal, args.slack)
         fpr = sum(not passes(p, tol) for p in held)
         detect = {c: {"n": len(v), "caught": sum(not passes(s, tol) for s in v)} for c, v in got["cheats"].items()}
+        # the tolerance the network runs with (the model's config): every pair here is fresh to it
+        deployed = configured(name)
+        deployed_fp = sum(not passes(p, deployed) for p in pairs) if deployed else None
+        deployed_detect = ({c: sum(not passes(x, deployed) for x in v) for c, v in got["cheats"].items()}
+                           if deployed else None)
         loads = {"honest": [load(p, tol) for p in held]}
         loads.update({c: [load(s, tol) for s in v] for c, v in got["cheats"].items()})
         t = timing(next(iter(honest.values())), 128, 3 if name == "tiny" else 1)
@@ -247,6 +264,9 @@ def main(argv=None) -> int:
             "held_out_pairs": len(held), "false_positives": fpr, "tolerance": tol.to_wire(),
             "differing_tokens_pairs": sum(not p["same_tokens"] for p in pairs),
             "detection": detect, "timing_128": t,
+            "configured": {"tolerance": deployed.to_wire() if deployed else None,
+                           "false_positives": deployed_fp, "honest_pairs": len(pairs),
+                           "caught": deployed_detect},
             # per cheat: (false positive rate on held-out honest pairs, detection rate) as the cut moves
             "roc": {c: roc(loads["honest"], loads[c]) for c in got["cheats"]},
             # the least of the tolerance a cheat of each kind needed (None: every one failed the token rule)
@@ -261,6 +281,9 @@ def main(argv=None) -> int:
               f"different tokens), false positives {fpr} of {len(held)} held out; tolerance {tol.to_wire()}")
         for c, d in detect.items():
             print(f"  {c:16s} caught {d['caught']} of {d['n']}")
+        if deployed:
+            print(f"  configured tolerance {deployed.to_wire()}: false positives {deployed_fp} of {len(pairs)}; "
+                  f"caught " + ", ".join(f"{c} {n}/{len(got['cheats'][c])}" for c, n in deployed_detect.items()))
         print(f"  fingerprint {t['bytes_per_32_tokens']:.0f} bytes per 32 tokens; verify/generate at "
               f"{t['tokens']} tokens {t['ratio']:.3f} ({t['verify_s'] * 1000:.1f} ms vs {t['generate_s'] * 1000:.0f} ms)")
     common.write_json(args.out, NAME, result)
@@ -274,7 +297,7 @@ def plot(result: dict, out_dir: str) -> str:
     fig, axes = plt.subplots(len(names), 3, figsize=(16, 4.4 * len(names)), squeeze=False)
     for row, name in zip(axes, names):
         e = result["engines"][name]
-        a, b, c = row
+        a, b, roc_ax = row
         bins = [10 ** (x / 4) for x in range(-20, 5)]
         a.hist([max(x, 1e-5) for x in e["honest_scores"]["mean_err"]], bins=bins, alpha=0.6, label="honest pairs",
                color="tab:green")
@@ -290,11 +313,11 @@ def plot(result: dict, out_dir: str) -> str:
         b.set(ylabel="cheats caught (%)", title=f"false positives: {e['false_positives']} of {e['held_out_pairs']}")
         b.tick_params(axis="x", rotation=30, labelsize=7)
         for cheat, pts in e.get("roc", {}).items():
-            c.plot([x for x, _ in pts], [y for _, y in pts], drawstyle="steps-post", label=cheat)
-        c.plot([0, 1], [0, 1], color="0.8", ls=":")
-        c.set(xlabel="false positive rate (held-out honest pairs)", ylabel="detection rate",
+            roc_ax.plot([x for x, _ in pts], [y for _, y in pts], drawstyle="steps-post", label=cheat)
+        roc_ax.plot([0, 1], [0, 1], color="0.8", ls=":")
+        roc_ax.set(xlabel="false positive rate (held-out honest pairs)", ylabel="detection rate",
               title=f"{name}: ROC per cheat (cut on the tolerance used)", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
-        c.legend(fontsize=7, loc="lower right")
+        roc_ax.legend(fontsize=7, loc="lower right")
     m = result.get("machine", {})
     fig.suptitle(f"Tolerant verification calibration — {m.get('platform', 'CPU')}, "
                  f"{m.get('cpus', '?')} cores, torch {m.get('torch', '?')}", fontsize=10)
