@@ -16,11 +16,18 @@ few actor hops. `result()` verifies the receipt offline before returning,
 including that the returned tokens are the ones the accepted commitment binds.
 What is checked lives in cluster.client_core (no Ray); this module only moves
 bytes to and from the aggregator.
+
+Errors: bad arguments raise a typed VerinferError (InvalidParams, UnknownModel, ...)
+before anything is sent; a typed error the network raises arrives as that error
+too (unwrapped from Ray's RayTaskError, whose text is the remote traceback), so
+`str(err)` is always one line naming the field and what is allowed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
 from typing import Any
 
@@ -29,7 +36,34 @@ import ray
 from protocols import messages
 from protocols.errors import ReceiptInvalid, VerinferError
 
-from .client_core import ClientCore, FirstOutput, NetworkKeys, Result
+from .client_core import ClientCore, FirstOutput, NetworkKeys, Result, typed_error
+
+
+@contextlib.contextmanager
+def _typed():
+    """Re-raise a typed error a Ray call wrapped as itself (see the module docstring)."""
+    try:
+        yield
+    except Exception as exc:
+        err = typed_error(exc)
+        if err is None or err is exc:
+            raise
+        raise err from None
+
+
+def _unwrapped(fn):
+    if asyncio.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def run_async(*a, **kw):
+            with _typed():
+                return await fn(*a, **kw)
+        return run_async
+
+    @functools.wraps(fn)
+    def run(*a, **kw):
+        with _typed():
+            return fn(*a, **kw)
+    return run
 
 
 def _keys_refs(network: Any) -> list:
@@ -41,7 +75,8 @@ def _keys_refs(network: Any) -> list:
 def _keys(network: Any, got: list, trust_roots: list[bytes] | None) -> NetworkKeys:
     agg, sel, vrf, roots = got
     return NetworkKeys(agg, sel, vrf, tuple(roots if trust_roots is None else trust_roots),
-                       dict(network.model_hashes), bool(network.config.attestation.allow_simulated))
+                       dict(network.model_hashes), bool(network.config.attestation.allow_simulated),
+                       roots_pinned=trust_roots is not None)
 
 
 class RequestHandle:
@@ -50,6 +85,7 @@ class RequestHandle:
         self._first: FirstOutput | None = None
         self._result: Result | None = None
 
+    @_unwrapped
     def first_output(self, timeout: float | None = None) -> FirstOutput | None:
         """The first node's output (provisional). None if no node answered."""
         if self._first is None:
@@ -57,6 +93,7 @@ class RequestHandle:
             self._first = self.client.check_first(got, self.request_id, self._t0)
         return self._first
 
+    @_unwrapped
     def result(self, timeout: float | None = None) -> Result:
         """Wait for finality; verify the receipt; return the accepted answer."""
         if self._result is None:
@@ -73,12 +110,14 @@ class Client(ClientCore):
     by default the network's own, fetched once. Every attested member's evidence in
     a receipt, and every node a TEE prompt is sealed to, must chain to one of them."""
 
+    @_unwrapped
     def __init__(self, network: Any, key_seed: bytes | None = None, trust_roots: list[bytes] | None = None):
         self.network = network
         self.aggregator = network.aggregator
         super().__init__(network.config, _keys(network, ray.get(_keys_refs(network)), trust_roots), key_seed)
         ray.get(self.aggregator.register_client.remote(self.key.public))
 
+    @_unwrapped
     def attested_recipients(self, model: str) -> dict[str, bytes]:
         """node id -> HPKE key, for each node whose evidence verifies and binds that key."""
         return self.recipients_of(model, ray.get(self.network.registry.attested_nodes.remote(model)))
@@ -90,6 +129,7 @@ class Client(ClientCore):
             return self.seal_to(prompt, request_id, self.attested_recipients(model), model)
         return self.seal_to(prompt, request_id, recipients)
 
+    @_unwrapped
     def submit_raw(self, request_raw: bytes, prompt: str) -> RequestHandle:
         t0 = time.time()
         req = messages.open_envelope(request_raw, "request")
@@ -105,6 +145,7 @@ class Client(ClientCore):
         raw, _rid = self.build_request(prompt, **kw)
         return self.submit_raw(raw, prompt)
 
+    @_unwrapped
     def generate_many(self, prompts: list[str], **kw) -> list[RequestHandle]:
         """Send many requests at once (pipelined: one wait for all submissions)."""
         built = [self.build_request(p, **kw) for p in prompts]
@@ -118,6 +159,7 @@ class Client(ClientCore):
             self.submitted(rid)
         return [RequestHandle(self, rid, sub, t0) for (_, rid), sub in zip(built, subs)]
 
+    @_unwrapped
     def results(self, handles: list[RequestHandle], timeout: float | None = None) -> list[Result]:
         """Finality for many requests with one wait (receipts verified as in `result`)."""
         finals = self.aggregator.final_many([h.request_id for h in handles], timeout=timeout)
@@ -126,6 +168,7 @@ class Client(ClientCore):
                 raise fin
         return [h._complete(fin) for h, fin in zip(handles, finals)]
 
+    @_unwrapped
     def ledger_balances(self, prefix: str = "") -> dict[str, int]:
         return ray.get(self.network.ledger.balances.remote(prefix))
 
@@ -136,12 +179,14 @@ class AsyncRequestHandle:
         self._first: FirstOutput | None = None
         self._result: Result | None = None
 
+    @_unwrapped
     async def first_output(self, timeout: float | None = None) -> FirstOutput | None:
         if self._first is None:
             got = await asyncio.wait_for(self.client.aggregator.first_output.remote(self.request_id), timeout)
             self._first = self.client.check_first(got, self.request_id, self._t0)
         return self._first
 
+    @_unwrapped
     async def result(self, timeout: float | None = None) -> Result:
         if self._result is None:
             fin = await asyncio.wait_for(self.client.aggregator.final.remote(self.request_id), timeout)
@@ -156,7 +201,8 @@ class AsyncRequestHandle:
         gen = self.client.aggregator.stream.options(num_returns="streaming").remote(self.request_id)
         try:
             async for ref in gen:
-                item = await ref
+                with _typed():
+                    item = await ref
                 if item["type"] == "chunk":
                     yield item
                 else:
@@ -178,6 +224,7 @@ class AsyncClient(ClientCore):
         super().__init__(network.config, keys, key_seed)
 
     @classmethod
+    @_unwrapped
     async def create(cls, network: Any, key_seed: bytes | None = None,
                      trust_roots: list[bytes] | None = None) -> "AsyncClient":
         got = await asyncio.gather(*_keys_refs(network))
@@ -185,9 +232,11 @@ class AsyncClient(ClientCore):
         await client.aggregator.register_client.remote(client.key.public)
         return client
 
+    @_unwrapped
     async def attested_recipients(self, model: str) -> dict[str, bytes]:
         return self.recipients_of(model, await self.network.registry.attested_nodes.remote(model))
 
+    @_unwrapped
     async def submit_raw(self, request_raw: bytes, prompt: str | bytes, stream: bool = False) -> AsyncRequestHandle:
         """stream=True: members push tokens as they make them; iterate `handle.stream()`."""
         t0 = time.time()
@@ -204,6 +253,7 @@ class AsyncClient(ClientCore):
         raw, _rid = self.build_request(prompt, **kw)
         return await self.submit_raw(raw, prompt)
 
+    @_unwrapped
     async def ledger_balances(self, prefix: str = "") -> dict[str, int]:
         return await self.network.ledger.balances.remote(prefix)
 

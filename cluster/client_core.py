@@ -8,16 +8,17 @@ client must check before believing an answer is here, once.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from protocols import attestation, commitments, messages, modes, receipts, sealing
+from protocols import attestation, commitments, crossval, messages, modes, receipts, sealing
 from protocols.canonical import unpack
 from protocols.crypto import SigningKey
-from protocols.errors import MessageError, ReceiptInvalid, UnknownModel
+from protocols.errors import ConfigError, InvalidParams, MessageError, ReceiptInvalid, UnknownModel, VerinferError
 from protocols.params import SamplingParams
 from protocols.sealing import KemKey, output_info
 
@@ -43,6 +44,10 @@ class Result:
     branch: str = ""  # cross-validation: checked | unchecked
     methods: dict | None = None  # node -> how it produced its commitment (generate | prefill | ...)
     prompt_tokens: int = 0  # as the output node reports it (usage figures; not verified)
+    # the attestation roots the receipt was verified under, and whether the caller pinned them
+    # (False: the roots the network itself reported, which proves nothing about the network)
+    trust_roots: tuple[bytes, ...] = ()
+    roots_pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,18 +60,67 @@ class NetworkKeys:
     trust_roots: tuple[bytes, ...]  # attestation roots evidence must chain to
     model_hashes: Mapping[str, str]  # model id -> weights content hash
     allow_simulated: bool = False  # simulated attestation is acceptable (dev networks)
+    roots_pinned: bool = False  # the caller gave trust_roots (else: what the network reported)
+
+
+def typed_error(exc: BaseException) -> VerinferError | None:
+    """The typed verinfer error behind `exc`: itself, or the one a Ray task error wraps
+    (its `.cause`, however deep); None for anything else. A RayTaskError(X) is also an
+    X, but its text is the remote traceback: always take the cause."""
+    for _ in range(16):
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException) or cause is exc:
+            break
+        exc = cause
+    return exc if isinstance(exc, VerinferError) else None
+
+
+def one_line(err: BaseException) -> str:
+    """`Type: message` on one line (what the CLI prints for a typed error)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def _check_request(prompt: Any, model: Any, n: Any, timeout_s: Any, request_id: Any, p: Any,
+                   require_tee: Any) -> None:
+    """A request's own fields, before anything is signed (the network checks them again,
+    with its limits): each refusal names the field and what it may be."""
+    if not isinstance(prompt, str):
+        raise InvalidParams(f"prompt must be a string, got {type(prompt).__name__}")
+    if model is not None and not (isinstance(model, str) and model):
+        raise InvalidParams(f"model must be a model id (a non-empty string), got {model!r}")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise InvalidParams(f"n must be an integer >= 1 (the quorum size; omit it for the network's default), "
+                            f"got {n!r}")
+    if timeout_s is not None and (not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool)
+                                  or not math.isfinite(timeout_s) or timeout_s <= 0):
+        raise InvalidParams(f"timeout_s must be a positive number of seconds (omit it for the network's "
+                            f"deadline), got {timeout_s!r}")
+    if request_id is not None and not (isinstance(request_id, str) and 0 < len(request_id) <= 128):
+        raise InvalidParams(f"request_id must be a non-empty string of at most 128 characters, got {request_id!r}")
+    if p is not None:
+        if isinstance(p, bool):
+            raise InvalidParams("p must be a number in [0, 1], got a boolean")
+        crossval.check_probability(p)
+    if not isinstance(require_tee, bool):
+        raise InvalidParams(f"require_tee must be true or false, got {require_tee!r}")
 
 
 class ClientCore:
     """Signs requests with its own Ed25519 key; its id is derived from that key."""
 
     def __init__(self, config: Any, keys: NetworkKeys, key_seed: bytes | None = None):
+        if key_seed is not None and not (isinstance(key_seed, bytes) and len(key_seed) == 32):
+            raise ConfigError("key_seed must be 32 bytes (the client's Ed25519 seed), or None for a fresh key")
+        if any(not isinstance(r, (bytes, bytearray)) or not r for r in keys.trust_roots):
+            raise ConfigError("trust_roots must be a list of root keys (bytes; hex as `verinfer keys network` "
+                              "prints them)")
         self.config = config
         self.key = SigningKey(key_seed or os.urandom(32))
         self.kem = KemKey(os.urandom(32))  # outputs of TEE requests are sealed to this key
         self.client_id = messages.client_id_of(self.key.public)
         self.aggregator_key, self.selector_key, self.vrf_key = keys.aggregator, keys.selector, keys.vrf
         self.trust_roots = [bytes(r) for r in keys.trust_roots]
+        self.roots_pinned = bool(keys.roots_pinned)
         self.allow_simulated = bool(keys.allow_simulated)
         # receipts: evidence must verify at receipt time, for the request's model; simulated
         # evidence only where this network's config allows it
@@ -80,20 +134,28 @@ class ClientCore:
                       timeout_s: float | None = None, request_id: str | None = None,
                       p: float | None = None, require_tee: bool = False, template: bool = True) -> tuple[bytes, str]:
         """Sign a request. mode: see protocols.modes (sampling, cross-validation, obfuscated, tee).
-        template=False: the prompt is already rendered (a chat), engines take it as it is."""
+        n (None: the mode's fixed N, else the network's default N), timeout_s (None: the network's
+        deadline), p (None: the network's default check probability).
+        template=False: the prompt is already rendered (a chat), engines take it as it is.
+        Bad arguments raise InvalidParams / UnknownModel, naming the field; nothing is signed."""
+        _check_request(prompt, model, n, timeout_s, request_id, p, require_tee)
         model = model or self.config.default_model
         if model not in self._hashes:
             raise UnknownModel(f"model {model!r} is not served by this network; have {sorted(self._hashes)}")
+        mode = self.config.network.default_mode if mode is None else mode
+        if not isinstance(mode, str) or mode not in modes.SPECS:
+            raise InvalidParams(f"mode must be one of {', '.join(modes.MODES)}, got {mode!r}")
+        if n is None:
+            n = modes.SPECS[mode].fixed_n or self.config.network.default_n
         rid = request_id or uuid.uuid4().hex
         params = SamplingParams(max_tokens, temperature, top_k, template=bool(template)).with_seed_for(rid)
         nonce = os.urandom(16)
-        mode = mode or self.config.network.default_mode
         body = {
             "request_id": rid, "client_id": self.client_id, "model_id": model, "model_hash": self._hashes[model],
             "prompt_hash": commitments.prompt_hash(prompt, nonce), "prompt_len": len(prompt),
             "params": params.to_wire(),
-            "mode": mode, "n": int(n or self.config.network.default_n),
-            "timeout_s": float(timeout_s or self.config.limits.timeout_s), "nonce": nonce,
+            "mode": mode, "n": int(n),
+            "timeout_s": float(self.config.limits.timeout_s if timeout_s is None else timeout_s), "nonce": nonce,
             "created_at": time.time(), "p": None if p is None else float(p), "require_tee": bool(require_tee),
         }
         if self.sealed(mode, require_tee):  # TEE levels are private too: prompt and output sealed
@@ -194,4 +256,5 @@ class ClientCore:
         return Result(request_id, fin["status"], out["text"] if out else None,
                       list(out["token_ids"]) if out else None, fin["receipt"], summary, ttfo,
                       time.time() - t0, fin.get("branch", ""), fin.get("methods"),
-                      int((fin["output"] or {}).get("prompt_tokens", 0) or 0))
+                      int((fin["output"] or {}).get("prompt_tokens", 0) or 0),
+                      tuple(self.trust_roots), self.roots_pinned)

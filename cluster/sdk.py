@@ -13,6 +13,11 @@ them), TEE prompts are sealed here to the nodes whose evidence verified, so the
 gateway and the control plane see only ciphertext, and each answer is accepted
 only once its receipt verifies offline and binds the tokens returned. The same
 checks as the Ray client: cluster.client_core.
+
+Errors are typed and one line: a bad argument is ConfigError (the constructor) or
+InvalidParams / UnknownModel (a request) before anything is sent; the gateway's
+refusals are GatewayError with the HTTP status and the gateway's message; a
+gateway that cannot be reached is GatewayUnreachable (status 0).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import Any
 
 import msgpack
 
-from protocols.errors import ReceiptInvalid, VerinferError
+from protocols import modes
+from protocols.errors import ConfigError, InvalidParams, ReceiptInvalid, VerinferError
 
 from . import openai_api as oa
 from .client_core import ClientCore, NetworkKeys, Result
@@ -34,8 +40,22 @@ from .client_core import ClientCore, NetworkKeys, Result
 class GatewayError(VerinferError):
     def __init__(self, status: int, body: Any):
         err = body.get("error", {}) if isinstance(body, dict) else {}
-        super().__init__(f"HTTP {status}: {err.get('message') or body}")
+        super().__init__(f"HTTP {status}: {' '.join(str(err.get('message') or body).split())}")
         self.status, self.body = status, body
+
+    def __reduce__(self):
+        return (type(self), (self.status, self.body))
+
+
+class GatewayUnreachable(GatewayError):
+    """No HTTP answer at all (connection refused, DNS, timeout): status 0."""
+
+    def __init__(self, url: str, why: str):
+        VerinferError.__init__(self, f"cannot reach the gateway at {url}: {' '.join(why.split())}")
+        self.status, self.body, self.url, self.why = 0, None, url, why
+
+    def __reduce__(self):
+        return (type(self), (self.url, self.why))
 
 
 @dataclass
@@ -52,13 +72,27 @@ class Verinfer:
                  default_n: int = 3, default_timeout_s: float = 30.0):
         """trust_roots: attestation root keys (hex or bytes) evidence must chain to; None trusts
         the roots the gateway reports (for development only). aggregator_key: pin the key that
-        signs receipts; None takes the gateway's word for it."""
+        signs receipts; None takes the gateway's word for it. (`verinfer keys network`, run by
+        the network's operator, prints both in hex.)"""
         import httpx
 
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
-                                 headers={"authorization": f"Bearer {api_key}"})
-        self._roots = None if trust_roots is None else [_bytes(r) for r in trust_roots]
-        self._agg = None if aggregator_key is None else _bytes(aggregator_key)
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+        if not isinstance(api_key, str) or not api_key or any(c.isspace() for c in api_key):
+            raise ConfigError("api_key must be a non-empty string without spaces (verinfer keys create makes one)")
+        if isinstance(trust_roots, (str, bytes)) or not isinstance(trust_roots, (list, tuple, type(None))):
+            raise ConfigError("trust_roots must be a list of root keys (hex or bytes), or None")
+        for name, v in (("timeout", timeout), ("default_timeout_s", default_timeout_s)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {v!r}")
+        if default_mode not in modes.MODES:
+            raise ConfigError(f"default_mode must be one of {', '.join(modes.MODES)}, got {default_mode!r}")
+        if not isinstance(default_n, int) or isinstance(default_n, bool) or default_n < 1:
+            raise ConfigError(f"default_n must be an integer >= 1, got {default_n!r}")
+        self._url = base_url.rstrip("/")
+        self._roots = None if trust_roots is None else [_bytes(r, "trust_roots") for r in trust_roots]
+        self._agg = None if aggregator_key is None else _bytes(aggregator_key, "aggregator_key", 32)
+        self.http = httpx.Client(base_url=self._url, timeout=timeout, headers={"authorization": f"Bearer {api_key}"})
         self.key_seed = key_seed or os.urandom(32)
         self.allow_simulated = allow_simulated
         self._defaults = (default_mode, default_n, default_timeout_s)
@@ -67,10 +101,18 @@ class Verinfer:
 
     # --- what the network is
     def _get(self, path: str, **params) -> Any:
-        r = self.http.get(path, params=params)
+        r = self._http("get", path, params=params)
         if r.status_code != 200:
             raise GatewayError(r.status_code, _json(r))
         return r
+
+    def _http(self, method: str, path: str, **kw):
+        import httpx
+
+        try:
+            return getattr(self.http, method)(path, **kw)
+        except httpx.HTTPError as exc:  # (no HTTP answer: connection refused, DNS, timeout)
+            raise GatewayUnreachable(self._url, f"{type(exc).__name__}: {exc}") from None
 
     def models(self) -> dict[str, dict]:
         if self._models is None:
@@ -92,7 +134,7 @@ class Verinfer:
         cfg = Defaults(model, type("N", (), {"default_mode": mode, "default_n": n})(),
                        type("L", (), {"timeout_s": timeout_s})())
         keys = NetworkKeys(agg, bytes.fromhex(rep["selector_key"]), bytes.fromhex(rep["vrf_key"]), tuple(roots),
-                           {model: rep["model_hash"]}, self.allow_simulated)
+                           {model: rep["model_hash"]}, self.allow_simulated, roots_pinned=self._roots is not None)
         core = self._cores.get(model)
         if core is None or core.aggregator_key != agg:
             core = self._cores[model] = ClientCore(cfg, keys, self.key_seed)
@@ -118,17 +160,19 @@ class Verinfer:
 
     def _ask(self, kind, what, model, max_tokens, temperature, mode, n, p, require_tee, top_k) -> Result:
         models = self.models()
+        if model is not None and not (isinstance(model, str) and model):
+            raise InvalidParams(f"model must be a model id (a non-empty string), got {model!r}")
         model = model or next(iter(models))
         if model not in models:
             raise GatewayError(404, {"error": {"message": f"model {model!r} is not served"}})
         core, recipients = self.attestation(model)
-        mode = mode or self._defaults[0]
+        mode = self._defaults[0] if mode is None else mode
         if kind == oa.CHAT:  # rendered exactly as the gateway renders it: the signed hash must match
             prompt, template = oa.render_chat(oa._messages(what), models[model]["verinfer"].get("chat_template"))
             body = {"model": model, "messages": what}
         else:
             prompt, template, body = what, False, {"model": model, "prompt": what}
-        spec_n = 1 if mode == "tee" else (n or self._defaults[1])
+        spec_n = n if n is not None else (1 if mode == "tee" else self._defaults[1])
         raw, rid = core.build_request(prompt, model=model, mode=mode, n=spec_n, max_tokens=max_tokens,
                                       temperature=temperature, top_k=top_k, p=p, require_tee=require_tee,
                                       template=template)
@@ -139,8 +183,8 @@ class Verinfer:
                                                                  if kind == oa.CHAT else "(sealed)")
         core.submitted(rid)
         t0 = time.time()
-        r = self.http.post("/chat/completions" if kind == oa.CHAT else "/completions",
-                           json=dict(body, max_tokens=max_tokens, temperature=temperature, verinfer=vi))
+        r = self._http("post", "/chat/completions" if kind == oa.CHAT else "/completions",
+                       json=dict(body, max_tokens=max_tokens, temperature=temperature, verinfer=vi))
         got = _json(r)
         if r.status_code != 200:
             raise GatewayError(r.status_code, got)
@@ -155,8 +199,16 @@ class Verinfer:
         return res
 
 
-def _bytes(v) -> bytes:
-    return bytes.fromhex(v) if isinstance(v, str) else bytes(v)
+def _bytes(v, name: str, size: int | None = None) -> bytes:
+    """A key given as hex or bytes; ConfigError naming the argument otherwise."""
+    try:
+        b = bytes.fromhex(v) if isinstance(v, str) else bytes(v) if isinstance(v, (bytes, bytearray)) else None
+    except ValueError:
+        b = None
+    if not b or (size is not None and len(b) != size):
+        what = f"{size} bytes ({2 * size} hex characters)" if size else "a key in hex or bytes"
+        raise ConfigError(f"{name} must be {what}, as `verinfer keys network` prints it; got {v!r:.60}")
+    return b
 
 
 def _json(r) -> Any:
