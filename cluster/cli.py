@@ -3,14 +3,25 @@
 Exit codes (every command): 0 success; 1 a check failed (invalid receipt, a
 request that ended unresolved/failed); 2 bad usage, bad config or bad input
 (typed verinfer error); 3 no network / no Ray cluster reachable.
+
+Errors are one line on stderr, `verinfer: Type: message`, naming the field or
+option and what is allowed, wherever in the cluster the error was found (a typed
+error raised inside an actor is unwrapped from Ray's RayTaskError); never a
+traceback for a typed error. Bad option values are refused by argparse in one
+line too (`verinfer submit: argument --n: must be an integer >= 1, got '0'`).
+
+Why over 400 lines: every subcommand's parser and handler sit here so that each
+option's allowed values are declared next to the command that reads them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import time
 
 from protocols.modes import MODES
 
@@ -19,19 +30,99 @@ EXIT_NOT_HEALTHY = 4  # `verinfer status`: some actor is missing, dead or not an
 
 
 def _err(msg: str, code: int) -> int:
-    print(f"verinfer: {msg}", file=sys.stderr)
+    print(f"verinfer: {' '.join(str(msg).split())}", file=sys.stderr)
     return code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option reported in one line (and exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {' '.join(message.split())} (usage: {self.prog} --help)\n")
+
+
+def _int_in(lo: int, hi: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(
+                f"must be an integer {f'from {lo} to {hi}' if hi is not None else f'>= {lo}'}, got {text!r}")
+        return v
+    return parse
+
+
+def _float_in(lo: float, hi: float | None = None):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v) or v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(
+                f"must be a number {f'in [{lo:g}, {hi:g}]' if hi is not None else f'>= {lo:g}'}, got {text!r}")
+        return v
+    return parse
+
+
+def _hex(size: int | None = None):
+    def parse(text: str) -> bytes:
+        try:
+            v = bytes.fromhex(text)
+        except ValueError:
+            v = b""
+        if not v or (size is not None and len(v) != size):
+            raise argparse.ArgumentTypeError(
+                f"must be {f'{size} bytes of hex ({2 * size} characters)' if size else 'a key in hex'}, as "
+                f"`verinfer keys network` prints it; got {text!r:.80}")
+        return v
+    return parse
 
 
 def _init_ray(address: str | None, namespace: str) -> None:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    _check_address(address)
+    try:
         ray.init(address=address, namespace=namespace, log_to_driver=False, configure_logging=False)
+    except ValueError as exc:  # (Ray's "Invalid address format")
+        raise _UsageError(f"--address must be `auto`, HOST:PORT or ray://HOST:PORT, got {address!r} "
+                          f"({exc})") from None
 
 
-from .report import _slashes, print_ledger, print_result, summary_dict  # noqa: F401  (re-exported)
+class _UsageError(Exception):
+    """A bad option the CLI found itself (exit 2)."""
+
+
+def _check_address(address: str | None) -> None:
+    """An explicit HOST:PORT that nothing answers at fails now, not after Ray's minutes of retries."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # (Ray's own check names the format)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {hostport} ({exc.strerror or exc}); is `ray start --head` "
+                              "running there? (--address auto finds a local cluster)") from None
+
+
+def _progress(t0: float):
+    """A deploy's step-by-step log line, with the seconds since the command started."""
+    return lambda line: print(f"  [{time.time() - t0:5.1f}s] {line}", flush=True)
+
+
+from .report import (LABELS, PIN_HINT, _slashes, print_ledger, print_network_keys,  # noqa: F401  (re-exported)
+                     print_result, summary_dict)
 
 
 # --- commands -------------------------------------------------------------------
@@ -57,7 +148,10 @@ def cmd_up(args) -> int:
         return EXIT_OK
     if present:  # half there: keep what is there, recreate the rest from the durable state
         print(f"network {cfg.network.name!r} is partly up; recreating {', '.join(missing)}")
-    net = deploy(cfg, detached=True, log=print, repair=bool(present))
+    else:
+        print(f"deploying network {cfg.network.name!r} from {cfg.source} (namespace {cfg.network.namespace!r})",
+              flush=True)
+    net = deploy(cfg, detached=True, log=_progress(time.time()), repair=bool(present))
     print(f"network {cfg.network.name!r} is up: {len(net.executors)} nodes, {len(net.aggregator)} aggregator "
           f"shards, models {sorted(net.model_hashes)}")
     return EXIT_OK
@@ -107,26 +201,32 @@ def cmd_submit(args) -> int:
     from .network import connect
 
     cfg = cfgmod.load(args.config)
+    if args.receipt_out:  # refused before anything is paid for
+        where = os.path.dirname(os.path.abspath(args.receipt_out))
+        if os.path.isdir(args.receipt_out) or not os.path.isdir(where) or not os.access(where, os.W_OK):
+            return _err(f"--receipt-out must be a file path in a writable directory, got {args.receipt_out!r}",
+                        EXIT_USAGE)
     _init_ray(args.address, cfg.network.namespace)
-    try:
-        roots = [bytes.fromhex(k) for k in args.trust_root] if args.trust_root else None
-    except ValueError:
-        return _err("--trust-root must be hex", EXIT_USAGE)
-    client = Client(connect(cfg), trust_roots=roots)
+    client = Client(connect(cfg), trust_roots=args.trust_root)
     h = client.generate(args.prompt, model=args.model, mode=args.mode, n=args.n, max_tokens=args.max_tokens,
                         temperature=args.temperature, p=args.p, require_tee=args.require_tee)
     if not args.json:
+        print(f"request {h.request_id} sent; waiting for the first node…", flush=True)
         first = h.first_output()
         if first is not None:
             print(f"first output ({first.seconds:.2f}s, node {first.node_id}, provisional): {first.text!r}")
+            print("waiting for the quorum to agree…", flush=True)
     res = h.result()
     if args.receipt_out:
-        with open(args.receipt_out, "wb") as f:
-            f.write(res.receipt)
+        try:
+            with open(args.receipt_out, "wb") as f:
+                f.write(res.receipt)
+        except OSError as exc:
+            return _err(f"cannot write the receipt to {args.receipt_out}: {exc.strerror}", EXIT_USAGE)
     if args.json:
         print(json.dumps(summary_dict(res)))
     else:
-        print_result(res)
+        print_result(res, receipt_path=args.receipt_out)
         if args.receipt_out:
             print(f"  receipt written to {args.receipt_out}")
     return EXIT_OK if res.status in ("final", "resolved") else EXIT_CHECK
@@ -139,24 +239,29 @@ def cmd_verify(args) -> int:
         raw = open(args.file, "rb").read()
     except OSError as exc:
         return _err(f"cannot read {args.file}: {exc.strerror}", EXIT_USAGE)
-    try:
-        keys = [bytes.fromhex(k) for k in args.aggregator_key] if args.aggregator_key else None
-        roots = [bytes.fromhex(k) for k in args.trust_root] if args.trust_root else None
-        selectors = [bytes.fromhex(k) for k in args.selector_key] if args.selector_key else None
-    except ValueError:
-        return _err("--aggregator-key, --trust-root and --selector-key must be hex", EXIT_USAGE)
+    keys, roots, selectors = args.aggregator_key, args.trust_root, args.selector_key
     from protocols.errors import ReceiptInvalid
 
     try:
         s = verify_receipt(raw, keys, trusted_roots=roots, trusted_selectors=selectors)
     except ReceiptInvalid as exc:
-        print(f"INVALID: {exc}")
+        print(f"INVALID: {' '.join(str(exc).split())}")
         return EXIT_CHECK
     print(f"VALID: request {s.request_id} {s.status}; {len(s.members)} member(s), paid {list(s.paid)}, "
-          f"slashed {[list(x) for x in s.slashed]}; signed by aggregator {s.aggregator.hex()[:16]}…"
-          + ("" if keys else " (key not pinned: pass --aggregator-key to trust only a known aggregator)")
-          + (f"; attested members: {s.attested}" if s.attested else "")
-          + (" (attestation unverified: pass --trust-root)" if s.attested and not roots else ""))
+          f"slashed {[list(x) for x in s.slashed]}; signed by aggregator {s.aggregator.hex()[:16]}…")
+    if s.attested:
+        for label in sorted(set(s.attested.values())):
+            print(f"  attested    : {', '.join(sorted(m for m, v in s.attested.items() if v == label))} "
+                  f"{LABELS.get(label, label)}")
+    if not keys:
+        print(f"  aggregator key not pinned (any key that signs a well-formed receipt passes): {PIN_HINT} "
+              f"and pass --aggregator-key HEX")
+    if s.attested and not roots:
+        print(f"  attestation unverified: {PIN_HINT} and pass --trust-root HEX (each root the network's "
+              f"evidence chains to)")
+    if not selectors:
+        print(f"  selector not pinned (the draws were checked against the VRF key the receipt names): {PIN_HINT} "
+              f"and pass --selector-key HEX (its VRF key; for obfuscated receipts also its selector key)")
     if s.tolerance is not None:  # a tolerance group's round: the verdict logic was re-checked above
         t = s.tolerance
         print(f"  tolerance group: token margin <= {t['token_margin']:g}, fingerprint "
@@ -219,7 +324,7 @@ def cmd_ledger(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="verinfer", description="Verifiable, private LLM inference on Ray.",
+    p = _Parser(prog="verinfer", description="Verifiable, private LLM inference on Ray.",
                                 epilog="exit codes: 0 ok, 1 check failed, 2 bad input/config, 3 unreachable")
     sub = p.add_subparsers(dest="cmd", required=True)
     from cluster.econ_cli import add_parser as add_econ_parser
@@ -232,9 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="start a local Ray cluster, deploy the default network, serve a few prompts")
     d.add_argument("--config", default=None, help="network TOML (default: SmolLM2 network)")
-    d.add_argument("--max-tokens", type=int, default=24)
+    d.add_argument("--max-tokens", type=_int_in(1, 4096), default=24)
     d.add_argument("--json", action="store_true", help="also write the demo report as JSON to stdout at the end")
-    d.add_argument("--port", type=int, default=8000, help="gateway port (a free one if taken)")
+    d.add_argument("--port", type=_int_in(1, 65535), default=8000, help="gateway port (a free one if taken)")
     d.add_argument("--no-serve", dest="serve", action="store_false", help="skip the HTTP gateway part")
     d.add_argument("--keep", action="store_true", help="keep the network and gateway up until Ctrl-C")
     d.set_defaults(fn=cmd_demo)
@@ -260,21 +365,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling: N nodes agree; cross-validation: 1 node, re-checked by N with prob. p; "
                         "obfuscated: N+1 nodes with blinded identities; tee: one attested node")
     s.add_argument("--require-tee", action="store_true", help="serve only on nodes with valid attestation")
-    s.add_argument("--trust-root", action="append",
-                   help="hex attestation root key to trust (repeatable; default: the network's own)")
-    s.add_argument("--p", type=float, default=None, help="cross-validation: probability of a re-check")
-    s.add_argument("--n", type=int, default=None, help="quorum size (security level)")
-    s.add_argument("--max-tokens", type=int, default=32)
-    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; >0 = sampling seeded by request id")
+    s.add_argument("--trust-root", action="append", type=_hex(),
+                   help="hex attestation root key to trust (repeatable; default: the network's own, as it "
+                        "reports them: `verinfer keys network` prints them for pinning)")
+    s.add_argument("--p", type=_float_in(0, 1), default=None,
+                   help="cross-validation: probability of a re-check, in [0, 1]")
+    s.add_argument("--n", type=_int_in(1), default=None,
+                   help="quorum size (security level), 1 to the network's limits.max_n (default: its default_n)")
+    s.add_argument("--max-tokens", type=_int_in(1, 4096), default=32)
+    s.add_argument("--temperature", type=_float_in(0, 10), default=0.0,
+                   help="0 = greedy; >0 (up to 10) = sampling seeded by request id")
     s.add_argument("--receipt-out", default=None, help="write the signed receipt to this file")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(fn=cmd_submit)
 
     v = sub.add_parser("verify", help="check a receipt file offline (exit 0 valid, 1 invalid)")
     v.add_argument("file")
-    v.add_argument("--aggregator-key", action="append", help="hex public key to trust (repeatable)")
-    v.add_argument("--trust-root", action="append", help="hex attestation root key to require (repeatable)")
-    v.add_argument("--selector-key", action="append",
+    v.add_argument("--aggregator-key", action="append", type=_hex(32),
+                   help="hex public key to trust (repeatable; `verinfer keys network` prints it)")
+    v.add_argument("--trust-root", action="append", type=_hex(),
+                   help="hex attestation root key to require (repeatable; `verinfer keys network` prints them)")
+    v.add_argument("--selector-key", action="append", type=_hex(),
                    help="hex selector key to pin (repeatable): its VRF key (DER) for draws, its Ed25519 key "
                         "for obfuscated pseudonym records")
     v.set_defaults(fn=cmd_verify)
@@ -298,42 +409,60 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="start the OpenAI-compatible HTTP gateway for a deployed network")
     net_args(sv)
     sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--replicas", type=int, default=1, help="gateway replicas (stateless apart from caches)")
-    sv.add_argument("--capacity", type=int, default=64, help="requests in flight before keys wait their turn")
+    sv.add_argument("--port", type=_int_in(1, 65535), default=8000)
+    sv.add_argument("--replicas", type=_int_in(1, 64), default=1,
+                    help="gateway replicas (stateless apart from caches)")
+    sv.add_argument("--capacity", type=_int_in(1), default=64, help="requests in flight before keys wait their turn")
     sv.set_defaults(fn=cmd_serve)
 
-    k = sub.add_parser("keys", help="API keys of the gateway: create | list | revoke")
+    k = sub.add_parser("keys", help="API keys of the gateway: create | list | revoke; "
+                                    "the network's public keys: network")
     k.add_argument("--config", default=None, help="network TOML (the key database sits next to its ledger)")
     ksub = k.add_subparsers(dest="keys_cmd", required=True)
+
+    def keys_config(sp):  # (also after the subcommand; SUPPRESS keeps one given before it)
+        sp.add_argument("--config", default=argparse.SUPPRESS, help="network TOML (as `verinfer keys --config`)")
+
     kc = ksub.add_parser("create", help="a new key (printed once)")
+    keys_config(kc)
     kc.add_argument("--account", required=True, help="ledger account the key pays from")
     kc.add_argument("--name", default="")
-    kc.add_argument("--rpm", type=int, default=600, help="requests per minute")
-    kc.add_argument("--tpm", type=int, default=200_000, help="max_tokens per minute")
-    kc.add_argument("--concurrent", type=int, default=16, help="requests in flight")
+    kc.add_argument("--rpm", type=_int_in(1), default=600, help="requests per minute")
+    kc.add_argument("--tpm", type=_int_in(1), default=200_000, help="max_tokens per minute")
+    kc.add_argument("--concurrent", type=_int_in(1), default=16, help="requests in flight")
     kc.add_argument("--json", action="store_true")
     kc.set_defaults(fn=cmd_keys)
     kl = ksub.add_parser("list", help="every key (never the secrets)")
+    keys_config(kl)
     kl.add_argument("--json", action="store_true")
     kl.set_defaults(fn=cmd_keys)
     kr = ksub.add_parser("revoke", help="revoke a key by its id (takes effect at once)")
+    keys_config(kr)
     kr.add_argument("key_id")
     kr.set_defaults(fn=cmd_keys)
+    kn = ksub.add_parser("network", help="the network's attestation trust roots and its aggregator, selector and "
+                                         "VRF keys in hex, to pin in clients and `verinfer verify`")
+    keys_config(kn)
+    kn.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
+    kn.add_argument("--json", action="store_true")
+    kn.set_defaults(fn=cmd_keys_network)
 
     ch = sub.add_parser("chat", help="ask a gateway through the SDK: signed by you, receipt verified by you")
     ch.add_argument("prompt")
     ch.add_argument("--url", default=os.environ.get("VERINFER_URL", "http://127.0.0.1:8000/v1"))
     ch.add_argument("--key", default=os.environ.get("VERINFER_API_KEY"), help="API key (or VERINFER_API_KEY)")
-    ch.add_argument("--trust-root", action="append", help="hex attestation root key to trust (repeatable)")
-    ch.add_argument("--aggregator-key", default=None, help="hex key receipts must be signed with")
+    ch.add_argument("--trust-root", action="append", type=_hex(),
+                    help="hex attestation root key to trust (repeatable; `verinfer keys network` prints them)")
+    ch.add_argument("--aggregator-key", default=None, type=_hex(32), help="hex key receipts must be signed with")
     ch.add_argument("--model", default=None)
     ch.add_argument("--mode", default=None, choices=list(MODES))
-    ch.add_argument("--n", type=int, default=None)
+    ch.add_argument("--n", type=_int_in(1), default=None)
     ch.add_argument("--require-tee", action="store_true", help="seal the prompt here, to attested nodes only")
     ch.add_argument("--allow-simulated", action="store_true", help="accept simulated attestation (dev networks)")
-    ch.add_argument("--max-tokens", type=int, default=64)
+    ch.add_argument("--max-tokens", type=_int_in(1, 4096), default=64)
     ch.set_defaults(fn=cmd_chat)
+    for group in (sub, ksub):  # a missing command is named by its choices
+        group.metavar = "{" + ",".join(group.choices) + "}"
     return p
 
 
@@ -348,7 +477,7 @@ def cmd_chat(args) -> int:
         res = vi.chat([{"role": "user", "content": args.prompt}], model=args.model, mode=args.mode, n=args.n,
                       require_tee=args.require_tee, max_tokens=args.max_tokens)
     except GatewayError as exc:
-        return _err(str(exc), EXIT_USAGE if 400 <= exc.status < 500 else EXIT_UNREACHABLE)
+        return _err(f"{type(exc).__name__}: {exc}", EXIT_USAGE if 400 <= exc.status < 500 else EXIT_UNREACHABLE)
     print_result(res)
     return EXIT_OK if res.status in ("final", "resolved") else EXIT_CHECK
 
@@ -361,6 +490,7 @@ def cmd_serve(args) -> int:
     cfg = cfgmod.load(args.config)
     _init_ray(args.address, cfg.network.namespace)
     net = connect(cfg)
+    print(f"starting the HTTP gateway ({args.replicas} replica(s)) on {args.host}:{args.port}…", flush=True)
     url = gateway.start(net, args.host, args.port, capacity=args.capacity, num_replicas=args.replicas,
                         detached=True)
     print(f"verinfer gateway for network {cfg.network.name!r}: {url}/v1  (OpenAI API; keys: verinfer keys create)")
@@ -368,6 +498,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_keys(args) -> int:
+    from protocols.errors import ConfigError
     from protocols.quota import Quota
 
     from . import config as cfgmod
@@ -379,8 +510,11 @@ def cmd_keys(args) -> int:
         try:
             quota = Quota(args.rpm, args.tpm, args.concurrent)
         except ValueError as exc:
-            return _err(str(exc), EXIT_USAGE)
-        secret, key = store.create(args.account, args.name, quota)
+            return _err(f"InvalidParams: {exc}", EXIT_USAGE)
+        try:
+            secret, key = store.create(args.account, args.name, quota)
+        except ConfigError as exc:
+            return _err(f"--account: {exc}", EXIT_USAGE)
         print(json.dumps({"key": secret, **key.describe()}) if args.json else
               f"{secret}\n  (key {key.key_id}, account {key.account}: shown once, store it now)")
         return EXIT_OK
@@ -393,29 +527,54 @@ def cmd_keys(args) -> int:
             print(f"{k['key_id']}  {k['account']:<20} {state:<8} {k['name']}")
         return EXIT_OK
     if not store.revoke(args.key_id):
-        return _err(f"no live key {args.key_id!r}", EXIT_USAGE)
+        return _err(f"no live key {args.key_id!r}: key_id must be one `verinfer keys list` shows as live",
+                    EXIT_USAGE)
     print(f"key {args.key_id} revoked")
     return EXIT_OK
 
 
+def cmd_keys_network(args) -> int:
+    """The network's public keys, for pinning (what cluster.client fetches when nothing is pinned)."""
+    import ray
+
+    from . import config as cfgmod
+    from .client import _keys_refs
+    from .network import connect
+
+    cfg = cfgmod.load(args.config)
+    _init_ray(args.address, cfg.network.namespace)
+    agg, sel, vrf_pub, roots = ray.get(_keys_refs(connect(cfg)))
+    print_network_keys(cfg.network.name, cfg.attestation.provider,
+                       {"trust_roots": [r.hex() for r in roots], "aggregator": agg.hex(), "selector": sel.hex(),
+                        "vrf": vrf_pub.hex()}, args.json)
+    return EXIT_OK
+
+
+def exit_code_for(err) -> int:
+    """The exit code of a typed error (see the module docstring)."""
+    from protocols.errors import ReceiptInvalid
+
+    if isinstance(err, ReceiptInvalid):
+        return EXIT_CHECK
+    if "no verinfer network" in str(err) or getattr(err, "status", None) == 0:  # (sdk.GatewayUnreachable)
+        return EXIT_UNREACHABLE
+    return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from protocols.errors import ConfigError, VerinferError
+    from .client_core import one_line, typed_error
 
     try:
         return args.fn(args)
-    except ConfigError as exc:
-        return _err(f"config: {exc}", EXIT_USAGE)
+    except _UsageError as exc:
+        return _err(str(exc), EXIT_USAGE)
     except ConnectionError as exc:
         return _err(f"cannot reach the Ray cluster: {exc}", EXIT_UNREACHABLE)
-    except VerinferError as exc:
-        msg = str(exc)
-        code = EXIT_UNREACHABLE if "no verinfer network" in msg else EXIT_USAGE
-        return _err(f"{type(exc).__name__}: {msg}", code)
-    except Exception as exc:  # Ray wraps remote typed errors; unwrap for the user
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, VerinferError):
-            return _err(f"{type(cause).__name__}: {cause}", EXIT_USAGE)
+    except Exception as exc:  # a typed error, raised here or in an actor (Ray wraps it): one line
+        err = typed_error(exc)
+        if err is not None:
+            return _err(one_line(err), exit_code_for(err))
         if type(exc).__name__ in ("RaySystemError",) or "Could not find any running Ray instance" in str(exc):
             return _err(f"cannot reach the Ray cluster: {exc}", EXIT_UNREACHABLE)
         raise

@@ -89,6 +89,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="L (W2): cheat reward when all checkers collude (default 2R)")
     c.add_argument("--p", type=_number, default=None, help="also evaluate both rewards at this check probability")
     c.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.metavar = "{" + ",".join(sub.choices) + "}"  # (named so when missing)
     return e
 
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .cli import EXIT_OK, EXIT_USAGE, _err, _init_ray
+from .cli import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, _err, _init_ray
 
 
 def run(args) -> int:
@@ -17,17 +17,21 @@ def run(args) -> int:
     if args.node_cmd == "key":
         try:
             agent.read_key(args.out, create=True)
-        except Exception as exc:
-            return _err(str(exc), EXIT_USAGE)
+        except OSError as exc:
+            return _err(f"--out must be a file path in a writable directory: cannot create {args.out} "
+                        f"({exc.strerror})", EXIT_USAGE)
         print(agent.public_key(args.out))
         return EXIT_OK
     if args.node_cmd == "run":
-        from protocols.errors import VerinferError
+        if not args.network.startswith(("http://", "https://")):
+            return _err(f"--network must be the gateway's http:// or https:// URL, got {args.network!r}", EXIT_USAGE)
+        import aiohttp
 
         try:
             return agent.main_run(args)
-        except VerinferError as exc:
-            return _err(f"{type(exc).__name__}: {exc}", EXIT_USAGE)
+        except (OSError, aiohttp.ClientError) as exc:  # nothing (or no HTTP) answers at the URL
+            return _err(f"cannot reach the network at {args.network}: {' '.join(str(exc).split())}",
+                        EXIT_UNREACHABLE)
     from . import config as cfgmod
     from .network import connect
 
@@ -66,9 +70,10 @@ def add_parser(sub) -> None:
     na.add_argument("--pubkey", required=True, help="hex, as `verinfer node key` printed it")
     na.add_argument("--model", default=None, help="the model it serves (default: the network's first)")
     na.add_argument("--config", default=None, help="network TOML (default: the repo's default network)")
-    na.add_argument("--address", default=None)
+    na.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
     nr = nsub.add_parser("run", help="run a node on this machine and connect it to a network over HTTP")
     nr.add_argument("--network", required=True, help="the gateway's URL, e.g. http://127.0.0.1:8000")
     nr.add_argument("--key", required=True, help="the node's key file (verinfer node key --out FILE)")
     nr.add_argument("--config", required=True, help="the node's TOML config (see cluster/agent.py)")
     nd.set_defaults(fn=run)
+    nsub.metavar = "{" + ",".join(nsub.choices) + "}"  # (named so when missing)

@@ -1,4 +1,11 @@
-"""How results, receipts and the ledger are shown: the CLI, the demo and the job share it."""
+"""How results, receipts, the network's keys and the ledger are shown: the CLI, the demo
+and the job share it.
+
+Attestation labels (protocols.receipts): "simulated" (the evidence chains to a
+simulated root of trust: proves nothing about hardware), "hardware" (it chains
+to a hardware vendor's root), "unverified" (no trust root was given, so nothing
+was checked), or none (the member was not drawn as an attested node).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,46 @@ import json
 
 def _hex(b) -> str:
     return b.hex() if isinstance(b, (bytes, bytearray)) else str(b)
+
+
+LABELS = {
+    "simulated": "simulated (a test root of trust signed the evidence: not a real TEE)",
+    "hardware": "hardware (the evidence chains to the hardware vendor's root)",
+    "unverified": "unverified (no trust root given: the evidence was not checked)",
+}
+PIN_HINT = "run `verinfer keys network` on the operator's side"
+
+
+def attestation_dict(res) -> dict:
+    """Each member's attestation label and the trust roots (hex) its evidence was checked under;
+    whether those roots were pinned by the caller or are the ones the network reported."""
+    s = res.summary
+    att = s.attested or {}
+    roots = [_hex(r) for r in getattr(res, "trust_roots", ())]
+    members = {m: {"label": att.get(m), "trust_roots": roots if att.get(m) in ("simulated", "hardware") else []}
+               for m in sorted(set(s.members) | set(att))}
+    return {"members": members, "trust_roots_pinned": bool(getattr(res, "roots_pinned", False))}
+
+
+def attestation_lines(res, receipt_path: str | None = None) -> list[str]:
+    """In plain words: how the members were attested, and how to check that offline."""
+    att = res.summary.attested or {}
+    if not att:
+        return []
+    by: dict[str, list[str]] = {}
+    for m, label in sorted(att.items()):
+        by.setdefault(label, []).append(m)
+    roots = [_hex(r) for r in getattr(res, "trust_roots", ())]
+    lines = ["  attestation : " + "; ".join(f"{', '.join(ms)} {LABELS.get(k, k)}" for k, ms in sorted(by.items()))]
+    if roots:
+        lines.append(f"  trust roots : {', '.join(roots)} "
+                     + ("(pinned by you)" if getattr(res, "roots_pinned", False) else
+                        f"(as the network reported them: to trust them, {PIN_HINT} and pass --trust-root HEX)"))
+    pins = " ".join(f"--trust-root {r}" for r in roots) or "--trust-root HEX"
+    lines.append(f"  check it    : verinfer verify {receipt_path or 'RECEIPT'} {pins} "
+                 f"--aggregator-key {_hex(res.summary.aggregator)}"
+                 + ("" if receipt_path else "   (save the receipt with --receipt-out RECEIPT)"))
+    return lines
 
 
 def summary_dict(res) -> dict:
@@ -19,10 +66,11 @@ def summary_dict(res) -> dict:
                     "members": s.members, "paid": list(s.paid), "slashed": [list(x) for x in s.slashed],
                     "aggregator": _hex(s.aggregator), "ledger_entries": list(s.ledger_entries),
                     "output_checked": s.output_checked},
+        "attestation": attestation_dict(res),
     }
 
 
-def print_result(res, prompt: str | None = None) -> None:
+def print_result(res, prompt: str | None = None, receipt_path: str | None = None) -> None:
     s = res.summary
     if prompt is not None:
         print(f"\n> {prompt}")
@@ -36,6 +84,27 @@ def print_result(res, prompt: str | None = None) -> None:
           + "  ".join(f"{r}={','.join(sorted(v))}" for r, v in sorted(roles.items())))
     if s.slashed:
         print("  slashed     : " + ", ".join(f"{n} ({why})" for n, why in s.slashed))
+    for line in attestation_lines(res, receipt_path):
+        print(line)
+
+
+def print_network_keys(name: str, provider: str, keys: dict, as_json: bool) -> None:
+    """`verinfer keys network`: what a client pins (hex), and the commands that pin it."""
+    if as_json:
+        print(json.dumps({"network": name, "attestation_provider": provider, **keys}))
+        return
+    kind = {"simulated": "SIMULATED root of trust: proves nothing about hardware",
+            "nvidia": "NVIDIA attestation service (NRAS) key", "none": "no attestation provider"}.get(provider, provider)
+    print(f"network {name!r}: keys to pin (hex)")
+    for r in keys["trust_roots"] or ["(none)"]:
+        print(f"  attestation trust root : {r}   ({kind})")
+    print(f"  aggregator key         : {keys['aggregator']}   (signs every receipt)")
+    print(f"  selector key           : {keys['selector']}   (signs obfuscated rounds' pseudonym records)")
+    print(f"  selector VRF key       : {keys['vrf']}   (makes every draw; DER)")
+    pins = [f"--aggregator-key {keys['aggregator']}", *(f"--trust-root {r}" for r in keys["trust_roots"]),
+            f"--selector-key {keys['vrf']}", f"--selector-key {keys['selector']}"]
+    print("check a receipt with them pinned:")
+    print("  verinfer verify RECEIPT " + " ".join(pins))
 
 
 def print_ledger(balances: dict, slashes: list, as_json: bool) -> None:

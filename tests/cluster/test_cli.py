@@ -215,7 +215,8 @@ def test_submit_human_output(detached, capsys):
                          ids=["n-above-max", "zero-tokens", "unknown-model"])
 def test_submit_bad_input_exits_two(detached, capsys, extra):
     assert run(["submit", "--config", detached["config"], "--prompt", "hello", *extra]) == 2
-    assert capsys.readouterr().err.startswith("verinfer: ")
+    err = capsys.readouterr().err
+    assert err.startswith("verinfer") and len(err.strip().splitlines()) == 1, err  # one line, no traceback
 
 
 def test_ledger_json(detached, capsys):
