@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -194,6 +195,8 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
         return control.spec(name, operator, role, holder, secret, state_dir, dbg)
 
     att = cfg.attestation
+    log(("reconnecting to" if repair else "starting") + f" the control plane: ledger, registry, selector, "
+        f"{cfg.network.aggregator_shards} aggregator shard(s)" + (", attestation epochs" if att.enabled else "") + "…")
     policy, anchors, att_spec = _policy(cfg, secret)
     ledger = existing("ledger") or ray.remote(SlashingLedger).options(**opts("ledger")).remote(
         path, cfg.economics, control=ctl("ledger", "ledger"))
@@ -239,7 +242,13 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
             sealed_paths[m.id] = os.path.join(os.path.dirname(os.path.abspath(path)), "weights",
                                               f"{cfg.network.name}-{m.id}.enc")
             if not (m.id in known and known[m.id]["model_hash"] == hashes[m.id] and os.path.exists(sealed_paths[m.id])):
+                log(f"sealing the weights of {m.id} at rest (AES-256-GCM)"
+                    + (": a first run on this machine dequantizes the GGUF first (~30 s)…" if m.engine == "smollm2"
+                       else "…"))
+                t_seal = time.time()
                 keys[m.id] = encrypt_weights(m, sealed_paths[m.id])
+                if time.time() - t_seal >= 1.0:
+                    log(f"sealed the weights of {m.id} in {time.time() - t_seal:.1f}s")
     ray.get([registry.register_model.remote(m.id, hashes[m.id], m.engine, weights_key=keys.get(m.id),
                                                    timeout_s=m.timeout_s, timeout_per_token_s=m.timeout_per_token_s,
                                                    tolerance=m.group_tolerance())
@@ -272,9 +281,14 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     executors.update(new)
     executors = {nid: control.signed(h, operator, "executor", nid) for nid, h in executors.items()}
     if new:
-        log(f"starting {len(new)} node executor(s)…")
+        slow = sorted({cfg.model(group_of[n].model).engine for n in new} & {"smollm2", "vllm"})
+        log(f"starting {len(new)} node executor(s); each loads its engine"
+            + (f" ({', '.join(slow)}: a first start on a machine converts or loads the model, which takes a while)"
+               if slow else "") + "…")
     refs = {e.ready.remote(): nid for nid, e in new.items()}
-    done, pending = ray.wait(list(refs), num_returns=len(refs), timeout=ready_timeout_s) if refs else ([], [])
+    done, pending = _wait_ready(list(refs), ready_timeout_s, log)
+    if refs and not pending:
+        log(f"{len(done)} node executor(s) ready")
     if pending:
         for h in list(new.values()) + ([] if repair else aggs + [selector, registry, ledger]):
             ray.kill(bare(h), no_restart=True)
@@ -292,6 +306,8 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
         if got and got.most_common(1)[0][0]:
             ray.get(registry.set_chat_template.remote(m.id, got.most_common(1)[0][0]))
     econ = cfg.economics
+    if infos:
+        log(f"depositing the collateral of {len(infos)} node(s) and admitting them to the registry…")
     ray.get([ledger.deposit.remote(f"collateral/{i['node_id']}", econ.collateral, f"stake|{i['node_id']}")
              for i in infos])
     stakes = ray.get(ledger.balances.remote("collateral/"))
@@ -303,6 +319,7 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
         back = ray.get([registry.rejoin.remote(n) for n in rejoin])
         log(f"{sum(1 for b in back if b.get('rejoined'))}/{len(rejoin)} recreated node(s) rejoined with fresh keys")
     if att.enabled and infos:
+        log(f"attesting {len(infos)} node(s): fresh nonce, evidence, verification…")
         attest_all(registry, executors, [i["node_id"] for i in infos])
         n_ok = sum(1 for n in ray.get(registry.list_nodes.remote()) if n["attested"])
         log(f"attested {n_ok}/{len(infos) + len(rejoin)} node(s) ({att.provider}"
@@ -313,6 +330,7 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
             f"{att.renew_fraction:.0%} of each epoch")
     locked = [i["node_id"] for i in infos if group_of[i["node_id"]].model in sealed_paths]
     if locked:  # weights keys go only to attested executors; the others stay out of service
+        log(f"releasing the weights key to {len(locked)} attested node(s); each decrypts and loads the weights…")
         refs = [executors[n].unlock.remote(registry) for n in locked]
         failed: dict[str, str] = {}
         for nid, ref in zip(locked, refs):
@@ -338,6 +356,19 @@ def deploy(cfg: NetworkConfig, detached: bool = False, log: Callable[[str], None
     ray.get([a.health.remote() for a in aggs])  # every shard has finished recovering its journal
     return Network(cfg, registry, selector, ledger, Aggregators(aggs, agg_names), executors, epochs, pgs, hashes,
                    operator, control.gateway_key(secret).seed, roster, paths["secret"])
+
+
+def _wait_ready(refs: list, timeout_s: float, log: Callable[[str], None]) -> tuple[list, list]:
+    """ray.wait for every executor's ready(), logging how many are up every ~10 s (progress only)."""
+    done: list = []
+    pending, t0, said = list(refs), time.time(), time.time()
+    while pending and time.time() - t0 < timeout_s:
+        got, pending = ray.wait(pending, num_returns=len(pending), timeout=min(10.0, timeout_s - (time.time() - t0)))
+        done += got
+        if pending and time.time() - said >= 9.5:
+            log(f"{len(done)}/{len(refs)} node executor(s) ready after {time.time() - t0:.0f}s…")
+            said = time.time()
+    return done, pending
 
 
 def attest_all(registry, executors: dict, node_ids: list[str]) -> list[dict]:
