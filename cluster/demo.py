@@ -57,14 +57,17 @@ def run_demo(args) -> int:
     from .report import _slashes, print_ledger, print_result, summary_dict
     from .network import deploy, teardown
 
+    from .cli import _progress
+
     cfg = cfgmod.load(args.config)
     t0 = time.time()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    print(f"verinfer demo: starting a local Ray cluster ({os.cpu_count() or 2} CPUs)…", flush=True)
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, namespace="verinfer-demo",
              log_to_driver=False, configure_logging=False)
     ledger_path = os.path.expanduser(f"~/.verinfer/demo-{time.strftime('%Y%m%d-%H%M%S')}.db")
-    print(f"verinfer demo: network {cfg.network.name!r} from {cfg.source}")
-    net = deploy(cfg, log=lambda s: print("  " + s), ledger_path=ledger_path)
+    print(f"verinfer demo: network {cfg.network.name!r} from {cfg.source}", flush=True)
+    net = deploy(cfg, log=_progress(t0), ledger_path=ledger_path)
     print(f"  ready in {time.time() - t0:.1f}s; ledger at {ledger_path}")
     if cfg.malicious:
         print("  malicious (for the demo): " + ", ".join(f"{k}={v}" for k, v in cfg.malicious.items()))
@@ -93,10 +96,15 @@ def run_demo(args) -> int:
             res = h.result()
             label = {"sampling": f"N={n}", "cross-validation": f"cross-validation N={n} p={p}, {res.branch}",
                      "obfuscated": f"obfuscated N+1={n + 1}"}[mode]
+            receipt_path = None
             if tee:
                 kinds = sorted(set((res.summary.attested or {}).values()))
                 label += f", --require-tee: prompt and output sealed, members attested ({', '.join(kinds)})"
-            print_result(res, f"{prompt}   ({label})")
+            if res.summary.attested:  # (attested members or referees: a receipt to check offline, as it says)
+                receipt_path = os.path.join(os.path.dirname(ledger_path), f"receipt-{res.request_id[:12]}.bin")
+                with open(receipt_path, "wb") as f:
+                    f.write(res.receipt)
+            print_result(res, f"{prompt}   ({label})", receipt_path=receipt_path)
             if res.methods and mode == "cross-validation":
                 print("  verified by : " + ", ".join(f"{k} {v}" for k, v in sorted(res.methods.items())))
             report.append(summary_dict(res))
