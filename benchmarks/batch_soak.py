@@ -111,14 +111,15 @@ def plot(result: dict, out_dir: str) -> str:
     for x, (d, t) in enumerate(zip(diffs, totals)):
         a.text(x, 0, f"{d} of {t}", ha="center", va="bottom")
     a.set_ylabel("requests whose tokens differ from alone (%)")
+    a.set_xlabel("how the engine batches")
     a.set_title(f"{result['engine']}: batched vs alone")
     b.bar(["alone", "batched"], [result["alone_tokens_per_s"], result["batched_tokens_per_s"]],
           color=["tab:gray", "tab:blue"])
     b.set_ylabel("tokens / s (one thread)")
+    b.set_xlabel("how the requests ran")
     b.set_title(f"throughput, rows = {result['rows']} (mean {result['batching']['mean_rows']:.1f} in use)")
-    m = result["machine"]
-    fig.suptitle(f"batch soak, {result['requests']} requests; {m['platform']}, {m['cpus']} CPUs", fontsize=9)
-    return common.save_png(fig, out_dir, f"{NAME}_{result['engine']}")
+    fig.suptitle(f"Batch soak: {result['requests']} requests, tokens batched vs alone", fontsize=10)
+    return common.save_png(fig, out_dir, f"{NAME}_{result['engine']}", result.get("machine"))
 
 
 def main(argv=None) -> int:

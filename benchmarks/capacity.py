@@ -108,6 +108,7 @@ def raw(engine: str, procs: int, work: list[str], max_tokens: int, how: str, row
 def network(engine: str, n: int, nodes: int, work: list[str], max_tokens: int, ttfo_prompts: list[str]) -> dict:
     from cluster.network import teardown
 
+    common.step(f"{engine} network, N = {n}: {nodes} nodes, {len(work)} requests at once")
     t0 = time.time()
     net, _ = common.deploy_network(CONFIG[engine], nodes=nodes, malicious={}, cpus=min(1.0, 2.0 / nodes),
                                    tag=f"cap-{engine}")
@@ -158,10 +159,12 @@ def run_engine(engine: str, args) -> dict:
     res = {"engine": engine, "requests": k, "max_tokens": args.max_tokens, "raw": {}}
     hows = ["batched", "alone"] + (["transformers-batch8"] if engine == "smollm2" else [])
     for how in hows:
+        common.step(f"{engine} raw engine ({how}): {len(work)} requests in {args.procs} processes")
         res["raw"][how] = raw(engine, args.procs, work, args.max_tokens, how, args.rows)
         print(f"  {engine} raw {how}: {res['raw'][how]['tokens_per_s']:.1f} tok/s", flush=True)
     best = max(r["tokens_per_s"] for r in res["raw"].values())
     ttfo_prompts = PROMPTS[:2 if args.quick else 4]
+    common.step(f"{engine}: the engine's own time per request (native), for time to first output")
     res["native_s"] = native(engine, ttfo_prompts, args.max_tokens, args.rows)
     res["network"] = {}
     for n, nodes in ((1, args.procs), (3, 3)):
@@ -176,7 +179,7 @@ def run_engine(engine: str, args) -> dict:
     return res
 
 
-def plot(results: list[dict], out_dir: str) -> str:
+def plot(results: list[dict], out_dir: str, machine: dict | None = None) -> str:
     plt = common.pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
     for ax, r in zip(axes[0], results):
@@ -188,12 +191,12 @@ def plot(results: list[dict], out_dir: str) -> str:
         ax.axhline(0.9 * best / 3, ls=":", color="tab:olive", label="90 % of best raw / 3 (N=3 goal)")
         ax.set_xticks(range(len(vals)), labels, rotation=25, ha="right", fontsize=8)
         ax.set_ylabel("tokens / s")
+        ax.set_xlabel("run (raw engine: how it batched; network: quorum size N)")
         t = r["ttfo_over_native"]["p50"]
         ax.set_title(f"{r['engine']}: {r['requests']} requests x {r['max_tokens']} tokens; TTFO/native {t:.2f}")
         ax.legend(fontsize=7)
-    m = common.machine_info()
-    fig.suptitle(f"capacity on {m['cpus']} CPUs ({m['platform']})", fontsize=9)
-    return common.save_png(fig, out_dir, NAME)
+    fig.suptitle("Capacity: tokens per second, the raw engine vs the network", fontsize=10)
+    return common.save_png(fig, out_dir, NAME, machine)
 
 
 def main(argv=None) -> int:
@@ -211,8 +214,9 @@ def main(argv=None) -> int:
         results = [run_engine(e, args) for e in args.engines.split(",")]
     finally:
         common.shutdown_ray(info)
-    common.write_json(args.out, NAME, {"params": vars(args), "machine": common.machine_info(), "engines": results})
-    plot(results, args.out)
+    machine = common.machine_info()
+    common.write_json(args.out, NAME, {"params": vars(args), "machine": machine, "engines": results})
+    plot(results, args.out, machine)
     for r in results:
         n1, n3 = r["network"]["N=1"], r["network"]["N=3"]
         print(f"{r['engine']}: best raw {r['best_raw_tokens_per_s']:.1f} tok/s; network N=1 "

@@ -55,8 +55,11 @@ def _why(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {lines[-1][:200] if lines else ''}"
 
 
-async def _caller(client, prompts: asyncio.Queue, outcomes: dict, max_tokens: int, n: int):
+async def _caller(client, prompts: asyncio.Queue, outcomes: dict, max_tokens: int, n: int, bar=None):
     while True:
+        if bar is not None:
+            bar.n = len(outcomes)
+            bar.refresh()
         try:
             i = prompts.get_nowait()
         except asyncio.QueueEmpty:
@@ -160,7 +163,10 @@ async def _run(net, args) -> dict:
     rng = random.Random(args.seed)
     t0 = time.time()
     chaos = asyncio.ensure_future(_chaos(net, rng, args.interval, stop, kills, probe, args.max_tokens))
-    await asyncio.gather(*[_caller(client, q, outcomes, args.max_tokens, args.n) for _ in range(args.callers)])
+    bar = common.progress(total=args.requests, desc="requests under kill -9s", unit="req")
+    await asyncio.gather(*[_caller(client, q, outcomes, args.max_tokens, args.n, bar) for _ in range(args.callers)])
+    bar.n = len(outcomes)
+    bar.close()
     wall = time.time() - t0
     stop.set()
     await chaos
@@ -259,7 +265,7 @@ def main(argv=None) -> int:
     cfg.nodes[0].count = args.nodes
     cfg.nodes[0].cpus = 0.05
     cfg.limits.timeout_s, cfg.limits.reveal_timeout_s, cfg.limits.liveness_interval_s = 6.0, 6.0, 0.5
-    net = deploy(cfg, ledger_path=os.path.join(tempfile.mkdtemp(), "ledger.db"))
+    net = deploy(cfg, ledger_path=os.path.join(tempfile.mkdtemp(), "ledger.db"), log=common.deploy_log)
     try:
         run = asyncio.run(_run(net, args))
         books = _books(net, run)
@@ -302,6 +308,8 @@ def main(argv=None) -> int:
     for i, v in enumerate(vals):
         a1.text(i, v, str(v), ha="center", va="bottom")
     a1.set_title(f"{len(run['outcomes'])} requests under {len(kills)} kill -9s: how each ended")
+    a1.set_ylabel("requests")
+    a1.set_xlabel("how the request ended")
     kinds = sorted(set(by_kind) | set(back_by_kind))
     for i, kd in enumerate(kinds):
         a2.scatter([i - 0.1] * len(by_kind[kd]), by_kind[kd], alpha=0.7, color="tab:blue",
@@ -311,14 +319,16 @@ def main(argv=None) -> int:
     a2.axhline(10.0, color="tab:red", ls="--", label="goal: 10 s")
     a2.set_xticks(range(len(kinds)), kinds)
     a2.set_ylabel("seconds after the kill")
+    a2.set_xlabel("actor killed (kill -9)")
     a2.set_title(f"recovery: p50 {common.fmt_s(common.percentile(rec, 50)) if rec else '-'}, "
                  f"max {common.fmt_s(max(rec)) if rec else '-'}")
     a2.legend()
-    fig.suptitle(f"money conserved: {books['money_conserved']}, chain ok: {books['hash_chain_ok']}, escrow locked: "
+    fig.suptitle(f"Chaos: random kill -9s while requests run\nmoney conserved: {books['money_conserved']}, "
+                 f"chain ok: {books['hash_chain_ok']}, escrow locked: "
                  f"{books['escrow_locked']}, double payments: {books['double_payments']}, "
                  f"honest slashed: {books['honest_slashed']}")
     fig.tight_layout()
-    common.save_png(fig, args.out, "chaos")
+    common.save_png(fig, args.out, "chaos", result["machine"])
     print({k: result[k] for k in ("requests", "finalized", "unresolved_refunded", "refused_at_submit", "lost",
                                   "double_payments", "escrow_locked", "money_conserved", "hash_chain_ok",
                                   "honest_slashed", "kills", "not_recovered", "recovery_s", "actor_back_s",

@@ -1,5 +1,7 @@
 """Shared helpers for the benchmark scripts: Ray connection, throwaway networks,
 statistics (percentiles, Wilson intervals), a progress bar, JSON + PNG output.
+Every PNG is stamped with the machine it ran on (`save_png`: platform, CPUs, GPU,
+torch and Ray versions, load, commit in the figure's suptitle).
 
 Benchmarks measure and report; they never assert. Every script writes
 `<out>/<name>.json` and `<out>/<name>.png` and runs both as
@@ -54,9 +56,19 @@ def shutdown_ray(info: dict) -> None:
         ray.shutdown()
 
 
+def step(what: str) -> None:
+    """A benchmark's next stage, on stderr (what it is doing while no bar moves)."""
+    print(f"> {what}", file=sys.stderr, flush=True)
+
+
+def deploy_log(line: str) -> None:
+    """A deploy step, on stderr (benchmarks keep stdout for their results)."""
+    print(f"  deploy: {line}", file=sys.stderr, flush=True)
+
+
 def deploy_network(config_name: str, *, nodes: int | None = None, malicious: dict | None = None,
                    timeout_s: float | None = None, reveal_timeout_s: float | None = None,
-                   cpus: float | None = None, tag: str = "bench", log=lambda s: None):
+                   cpus: float | None = None, tag: str = "bench", log=deploy_log):
     """Deploy a throwaway network from a packaged config under a unique name, with
     its own ledger file in a temp dir (removed with the process's temp files).
     Returns (network, ledger_path)."""
@@ -169,6 +181,8 @@ def machine_info() -> dict:
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     except Exception:
         pass
     try:
@@ -216,9 +230,42 @@ def pyplot():
     return plt
 
 
-def save_png(fig, out_dir: str, name: str) -> str:
+def machine_line(info: dict | None = None) -> str:
+    """One line naming the machine a benchmark ran on: platform, CPUs, GPU, torch, Ray, load, commit."""
+    m = info if info is not None else machine_info()
+    parts = [m.get("platform") or "unknown platform", f"{m.get('cpus', '?')} CPUs"]
+    if m.get("gpu"):
+        parts.append(str(m["gpu"]))
+    for key, label in (("torch", "torch"), ("ray", "Ray"), ("python", "Python")):
+        if m.get(key):
+            parts.append(f"{label} {m[key]}")
+    if m.get("loadavg"):
+        parts.append(f"load {m['loadavg'][0]:g}")
+    if m.get("git"):
+        parts.append(f"git {m['git']}")
+    return "ran on " + ", ".join(parts)
+
+
+def stamp_machine(fig, info: dict | None = None) -> None:
+    """Put the machine line under the figure's suptitle (or make it the suptitle)."""
+    import textwrap
+
+    m = info if info is not None else machine_info()
+    sup = getattr(fig, "_suptitle", None)
+    text = sup.get_text() if sup is not None else ""
+    if m.get("platform") and m["platform"] in text:  # (the figure names its machine itself)
+        return
+    size = min(sup.get_fontsize(), 10) if text else 8
+    line = textwrap.fill(machine_line(m), width=int(fig.get_figwidth() * 72 / (size * 0.62)))  # (fits the figure)
+    fig.suptitle(f"{text}\n{line}" if text else line, fontsize=size)
+
+
+def save_png(fig, out_dir: str, name: str, machine: dict | None = None) -> str:
+    """Write `<out_dir>/<name>.png`, stamped with the machine it ran on (`machine`: the run's
+    machine_info(), e.g. from its JSON; default: this machine, now)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.png")
+    stamp_machine(fig, machine)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     pyplot().close(fig)

@@ -40,6 +40,7 @@ from math import comb
 
 import numpy as np
 
+from benchmarks import common
 from protocols.canonical import sha256
 from protocols import commitments, crossval, economics, selection
 from protocols.crypto import SigningKey
@@ -156,11 +157,14 @@ def main(argv=None) -> int:
     grid = np.linspace(0, 3 * predicted, args.grid)
     rows = []
     t0 = time.time()
+    bar = common.progress(total=len(grid) * args.requests, desc="requests played", unit="req")
     for gi, p in enumerate(grid):
+        bar.set_postfix_str(f"p={p:.5f}")
         for k in range(args.requests):
             cheat, gain, how = game.play(f"g{gi}-{k}", float(p))
             rows.append((float(p), cheat, gain, how))
-        print(f"p={p:.5f}: {args.requests} requests ({time.time() - t0:.1f}s)")
+            bar.update()
+    bar.close()
     P = np.array([r[0] for r in rows])
     X = np.array([r[1] for r in rows])
     Y = np.array([r[2] for r in rows], dtype=float)
@@ -187,7 +191,7 @@ def main(argv=None) -> int:
         "whitepaper_closed_form": economics.min_p_closed_form(args.r, R, C, S) if n == 1 else None,
         "whitepaper_lemma_form": economics.min_p_lemma_form(args.r, R, C, S) if n == 1 else None,
         "economics_min_p": economics.min_p(args.r, n, R, C, S, H=R, L=R),
-        "per_p": per_p, "requests": len(rows), "seconds": time.time() - t0,
+        "per_p": per_p, "requests": len(rows), "seconds": time.time() - t0, "machine": common.machine_info(),
     }
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "crossval_game.json"), "w") as f:
@@ -200,11 +204,7 @@ def main(argv=None) -> int:
 
 
 def _plot(res: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     ps = [r["p"] for r in res["per_p"]]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(ps, [r["predicted_honest"] for r in res["per_p"]], "-", color="tab:green", label="honest (predicted)")
@@ -214,13 +214,14 @@ def _plot(res: dict, path: str) -> None:
                 fmt="s", color="tab:red", capsize=3, label="cheater (measured, 95% CI)")
     ax.axvline(res["predicted_break_even_p"], color="k", ls="--", label=f"predicted p* = {res['predicted_break_even_p']:.5f}")
     lo, hi = res["ci95"]
-    ax.axvspan(lo, hi, color="grey", alpha=0.2, label=f"measured p* 95% CI [{lo:.5f}, {hi:.5f}]")
+    ax.axvspan(max(lo, -max(ps)), min(hi, 2 * max(ps)), color="grey", alpha=0.2, label=f"measured p* 95% CI [{lo:.5f}, {hi:.5f}]")
+    ax.set_xlim(-0.02 * max(ps), 1.05 * max(ps))  # (a wide CI on a small run must not hide the grid)
     ax.set_xlabel("re-check probability p")
-    ax.set_ylabel("executor profit per request (units)")
+    ax.set_ylabel("executor profit per request (price units)")
     ax.set_title("Cross-validation: executor profit vs p")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    common.save_png(fig, os.path.dirname(path) or ".", os.path.splitext(os.path.basename(path))[0],
+                    res.get("machine"))
 
 
 if __name__ == "__main__":

@@ -301,10 +301,12 @@ def plot(result: dict, out_dir: str) -> str:
                      f"bars: per-behaviour theory")
         ax.set_xticks(np.arange(len(labels)), [f"{lab}\n(q={next(c for c in sub if c['cell'] == lab)['q']})"
                                                for lab in labels], fontsize=8)
-        ax.set_ylabel("fraction of requests")
+        ax.set_ylabel("fraction of requests undetected")
+        ax.set_xlabel("cell: mode and quorum size q (members drawn)")
         ax.set_ylim(-0.02, max(0.05, max(max(hyp), max(bino)) * 1.3, max(c["undetected_ci95"][1] for c in sub) * 1.05))
         ax.legend(fontsize=7, ncol=2)
-    return common.save_png(fig, out_dir, NAME)
+    fig.suptitle("Detection: how often cheaters' wrong answers end final, measured vs theory", fontsize=10)
+    return common.save_png(fig, out_dir, NAME, result.get("machine"))
 
 
 def main(argv=None) -> int:

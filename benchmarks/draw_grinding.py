@@ -130,15 +130,16 @@ def main(argv=None) -> int:
                    label="public beacon seed" if rule == "public" else "selector VRF seed (now)")
     a.axhline(grinds[budgets[0]]["chance"], ls="--", c="gray", label="chance C(2,2)/C(8,2)")
     a.set_xscale("log"); a.set_xlabel("request ids the client hashes per request"); a.set_ylim(0, 1.05)
-    a.set_ylabel("requests drawn only from its 2 friends"); a.set_title("grinding a quorum (M=8, N=2)")
+    a.set_ylabel("share of requests drawn only from its 2 friends"); a.set_title("grinding a quorum (M=8, N=2)")
     a.legend(fontsize=8)
     labels = ["public beacon seed", "selector VRF seed"]
     b.bar(labels, [pred["public"]["exact_rate"], pred["vrf"]["exact_rate"]], color=["C0", "C1"])
     b.axhline(pred["chance_exact"], ls="--", c="gray", label="chance 1/C(8,3)")
-    b.set_ylabel("obfuscated quorums predicted exactly"); b.set_ylim(0, 1.05)
+    b.set_ylabel("share of obfuscated quorums predicted exactly"); b.set_ylim(0, 1.05)
+    b.set_xlabel("what the draw's seed is")
     b.set_title("outsider predicting N+1=3 of 8"); b.legend(fontsize=8)
-    fig.tight_layout()
-    png = save_png(fig, args.out, "draw_grinding")
+    fig.suptitle("Draw grinding: can a client steer or predict its quorum?", fontsize=10)
+    png = save_png(fig, args.out, "draw_grinding", data["machine"])
     for k in budgets:
         g = grinds[k]
         print(f"budget {k:>5}: public {g['public']['rate']:.3f}  vrf {g['vrf']['rate']:.3f}  "

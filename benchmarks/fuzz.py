@@ -124,7 +124,8 @@ def plot(result: dict, out_dir: str) -> str:
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlim(0, max([1] + [rows[n][k] for n in names for k in ("crashes", "acceptances", "state_changes")]) * 1.3)
-    ax.set_xlabel("cases (goal: 0)")
+    ax.set_xlabel("cases (count; goal: 0)")
+    ax.set_ylabel("entry point")
     t = result["totals"]
     ax.set_title(f"crashes {t['crashes']}, acceptances {t['acceptances']}, state changes {t['state_changes']} "
                  f"of {t['cases']:,} cases")
@@ -139,8 +140,9 @@ def plot(result: dict, out_dir: str) -> str:
     ax2.set_xlim(0, 100)
     ax2.set_xlabel("% of the entry point's cases")
     ax2.set_title("what became of the cases")
-    ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.6 / len(names) - 0.04), ncol=5)
-    return common.save_png(fig, out_dir, NAME)
+    ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # (beside: below, it hid the label)
+    fig.suptitle("Fuzzing every entry point with malformed, replayed and forged input", fontsize=10)
+    return common.save_png(fig, out_dir, NAME, result.get("machine"))
 
 
 def main(argv=None) -> int:

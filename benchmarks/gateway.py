@@ -131,17 +131,21 @@ def main(argv=None) -> int:
     via_ray(prompts[0])
     res: dict = {"machine": common.machine_info(), "config": args.config, "requests": args.requests,
                  "max_tokens": mt}
+    common.step("time to first token: the engine alone, then streamed through the gateway (N = 1, 3)")
     res["engine_ttft_s"] = common.summarize(engine_ttft(net, prompts[:10], mt))
     for n in (1, 3):
         res[f"stream_ttft_n{n}_s"] = common.summarize(stream_ttft(oc, model, prompts[:10], n, mt))
+    common.step(f"latency: {len(prompts)} requests through the gateway, then through the Ray client")
     gw, ray_ = latency(via_gateway, prompts), latency(via_ray, prompts)
     res["latency_gateway_s"], res["latency_ray_client_s"] = common.summarize(gw), common.summarize(ray_)
     res["gateway_overhead_p50_ms"] = 1000 * (statistics.median(gw) - statistics.median(ray_))
+    common.step("throughput: 4 threads through the gateway, then through the Ray client")
     res["rps_gateway"] = throughput(via_gateway, prompts, 4)
     res["rps_ray_client"] = throughput(via_ray, prompts, 4)
 
     # fairness: the light key alone, then while the heavy key floods (capacity 2 in flight),
     # with fair turns and, as the baseline, with one FIFO for everyone
+    common.step("fairness: a light key alone, then while a heavy key floods (fair turns, then FIFO)")
     alone = latency(via_gateway, prompts[:8])
     res["fairness"] = {"light_alone_s": common.summarize(alone), "flooding_threads": 8, "capacity": 2}
     for policy in ("fair", "fifo"):
@@ -201,19 +205,22 @@ def _plot(res: dict, out: str) -> None:
     axes[0].bar(["engine", "HTTP N=1", "HTTP N=3"], [1000 * (res[k].get("p50") or 0) for k in keys],
                 color=["grey", "tab:blue", "tab:blue"])
     axes[0].set_ylabel("time to first token, p50 (ms)")
+    axes[0].set_xlabel("where the tokens are read")
     axes[0].set_title("streaming TTFT vs the engine's own")
     axes[1].bar(["Ray client", "gateway"], [1000 * res["latency_ray_client_s"]["p50"],
                                             1000 * res["latency_gateway_s"]["p50"]], color=["grey", "tab:blue"])
     axes[1].set_ylabel("request latency N=1, p50 (ms)")
+    axes[1].set_xlabel("client")
     axes[1].set_title(f"gateway overhead {res['gateway_overhead_p50_ms']:.1f} ms p50")
     f = res["fairness"]
     axes[2].bar(["light alone", "flooded, FIFO", "flooded, fair turns"],
                 [1000 * f["light_alone_s"]["p50"], 1000 * f["fifo"]["light_s"]["p50"],
                  1000 * f["fair"]["light_s"]["p50"]], color=["grey", "tab:red", "tab:green"])
     axes[2].set_ylabel("light key latency, p50 (ms)")
+    axes[2].set_xlabel("admission")
     axes[2].set_title("one key floods (8 threads, capacity 2)")
-    fig.tight_layout()
-    common.save_png(fig, out, "gateway")
+    fig.suptitle("HTTP gateway: streaming, overhead over the Ray client, fairness between keys", fontsize=10)
+    common.save_png(fig, out, "gateway", res.get("machine"))
 
 
 if __name__ == "__main__":

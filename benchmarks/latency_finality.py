@@ -301,6 +301,7 @@ def plot(result: dict, out_dir: str) -> str:
         ax.axhline(s["native_s"]["p50"], color="tab:green", ls="--", label=f"native p50 {common.fmt_s(s['native_s']['p50'])}")
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("seconds")
+        ax.set_xlabel("configuration (mode, N)")
         ax.set_title(f"{er['engine']}: {er['nodes']} nodes, {er['requests_per_config']} req/config, "
                      f"{er['max_tokens']} tokens")
         ax.legend(fontsize=7)
@@ -322,9 +323,11 @@ def plot(result: dict, out_dir: str) -> str:
                    label=f"target: 3 actor RTTs ({3 * s['rtt_sync_p50_s'] * 1e3:.1f} ms)")
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("ms (stacked: p50 of each part)")
+        ax.set_xlabel("configuration (mode, N)")
         ax.set_title("protocol overhead on the critical path (aggregator timestamps)")
         ax.legend(fontsize=6)
-    return common.save_png(fig, out_dir, NAME)
+    fig.suptitle("Latency: time to first output and to finality, and the protocol's overhead", fontsize=10)
+    return common.save_png(fig, out_dir, NAME, result.get("machine"))
 
 
 def main(argv=None) -> int:

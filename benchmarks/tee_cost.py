@@ -74,9 +74,12 @@ def measure_requests(net, reps: int, max_tokens: int) -> dict:
     client = net.client()
     client.generate("warm up", n=3, max_tokens=max_tokens).result()
     out = {}
+    bar = common.progress(total=len(CONFIGS) * reps, desc="requests", unit="req")
     for mode, tee in CONFIGS:
         fin, seal, sizes = [], [], []
+        bar.set_postfix_str(label(mode, tee))
         for i in range(reps):
+            bar.update()
             prompt = f"benchmark prompt {i} for {mode}"
             raw, rid = client.build_request(prompt, mode=mode, n=3 if mode == "sampling" else 2,
                                             max_tokens=max_tokens, require_tee=tee)
@@ -97,6 +100,7 @@ def measure_requests(net, reps: int, max_tokens: int) -> dict:
                                  "members": len(res.summary.members), "attested": dict(res.summary.attested or {}),
                                  "receipt_has_evidence": any(d.get("attestations") for d in
                                                              body["selection"].get("draws", []))}
+    bar.close()
     return out
 
 
@@ -115,14 +119,17 @@ def plot(result: dict, out_dir: str) -> str:
     axes[0].bar(x, seal, 0.25, label="client sealing p50")
     axes[0].set_xticks(list(x), labels, rotation=20)
     axes[0].set_ylabel("ms")
+    axes[0].set_xlabel("security level (mode, sealed or not)")
     axes[0].set_title(f"tiny network, {result['nodes']} nodes, {result['params']['max_tokens']} tokens")
     axes[0].legend(fontsize=7)
     v, r = result["verify"]["verify_s"], result["renewal"]["renewal_s"]
     axes[1].bar([0, 1], [v["p50"] * 1e3, r["p50"] * 1e3], 0.5)
     axes[1].set_xticks([0, 1], ["verify one evidence", f"renew all {result['renewal']['nodes']} nodes"])
     axes[1].set_ylabel("ms (p50)")
+    axes[1].set_xlabel("attestation step")
     axes[1].set_title("attestation")
-    return common.save_png(fig, out_dir, NAME)
+    fig.suptitle("What TEE requests cost: sealing, attested draws, evidence checks, renewal", fontsize=10)
+    return common.save_png(fig, out_dir, NAME, result.get("machine"))
 
 
 def main(argv=None) -> int:
@@ -139,8 +146,11 @@ def main(argv=None) -> int:
     try:
         net, _ = common.deploy_network("tiny.toml", nodes=args.nodes, cpus=0.2, tag="tee")
         try:
+            common.step("verifying one node's evidence, repeatedly")
             verify = measure_verify(net, 5 if args.quick else 50)
+            common.step("renewing every node's attestation (a new epoch), repeatedly")
             renewal = measure_renewal(net, 2 if args.quick else 10)
+            common.step(f"{reps} requests per security level")
             requests = measure_requests(net, reps, args.max_tokens)
         finally:
             from cluster.network import teardown

@@ -24,6 +24,8 @@ import uuid
 
 import ray
 
+from benchmarks import common
+
 
 def run_case(engine: str, nodes: int, n: int, requests: int, max_tokens: int, fixed_cost_s: float,
              batched: bool = True) -> dict:
@@ -43,7 +45,7 @@ def run_case(engine: str, nodes: int, n: int, requests: int, max_tokens: int, fi
     cfg.limits.timeout_s = max(cfg.limits.timeout_s, 120.0)  # a wave queues; lateness is not what we measure
     if engine == "fixed":
         cfg.models[0].options = {"fixed_cost_s": fixed_cost_s}
-    net = deploy(cfg, ledger_path=os.path.join(tempfile.mkdtemp(), "ledger.db"))
+    net = deploy(cfg, ledger_path=os.path.join(tempfile.mkdtemp(), "ledger.db"), log=common.deploy_log)
     try:
         client = net.client()
         wave(client, ["warm up"] * min(20, requests), n, max_tokens, batched)
@@ -171,21 +173,17 @@ def main(argv=None) -> int:
             ray.shutdown()
             cluster.shutdown()
     os.makedirs(args.out, exist_ok=True)
-    result = {"rows": rows, "params": vars(args),
+    result = {"rows": rows, "params": vars(args), "machine": common.machine_info(),
               "target": "1000 finalized/s at N=3 with the tiny engine on 2 cores; >= 90 % scaling efficiency "
                         "with the fixed-cost engine from 8 to 64 executors"}
     with open(os.path.join(args.out, "throughput.json"), "w") as f:
         json.dump(result, f, indent=2)
-    _plot(rows, os.path.join(args.out, "throughput.png"))
+    _plot(rows, args.out, result["machine"])
     return 0
 
 
-def _plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot(rows, out_dir: str, machine: dict | None = None) -> str:
+    plt = common.pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for batched, style in ((False, "o--"), (True, "o-")):
         t = [r for r in rows if r["engine"] == "tiny" and r["batched"] == batched]
@@ -196,11 +194,14 @@ def _plot(rows, path):
         b.plot([r["nodes"] for r in f], [r["finalized_per_s"] for r in f], "s-", label="measured")
         b.plot([r["nodes"] for r in f], [r["ideal_per_s"] for r in f], "k:", label="ideal (executors / (N x cost))")
         b.legend()
-    a.set(xlabel="quorum size N", ylabel="finalized requests / s", title="tiny engine, 8 executors, 2 cores")
-    b.set(xlabel="executors", ylabel="finalized requests / s", title="fixed-cost engine, N = 3, multi-node")
+    scaled = f[0]["cluster"] if f else "multi-node"
+    a.set(xlabel="quorum size N (nodes per request)", ylabel="finalized requests / s",
+          title="control plane: tiny engine, 8 executors, 2 Ray CPUs")
+    b.set(xlabel="executors (count)", ylabel="finalized requests / s",
+          title=f"scaling: fixed-cost engine, N = 3, {scaled} Ray cluster")
     a.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.suptitle("Throughput: finalized requests per second", fontsize=10)
+    return common.save_png(fig, out_dir, "throughput", machine)
 
 
 if __name__ == "__main__":

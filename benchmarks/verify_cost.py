@@ -122,7 +122,8 @@ def plot(result: dict, out_dir: str) -> str:
     ax2.set_ylabel("% of generation time")
     ax2.set_title("verification cost relative to generation")
     ax2.legend(fontsize=8)
-    return common.save_png(fig, out_dir, NAME)
+    fig.suptitle("Verification cost: one prefill pass vs generating again", fontsize=10)
+    return common.save_png(fig, out_dir, NAME, result.get("machine"))
 
 
 def main(argv=None) -> int:
