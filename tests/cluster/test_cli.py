@@ -264,7 +264,9 @@ def test_status_then_up_repairs_a_network_whose_aggregator_was_killed(detached, 
     out = capsys.readouterr().out
     assert "aggregator/0" in out and "missing" in out and "verinfer up" in out
     assert run(["up", "--config", cfgpath]) == 0
-    assert "recreating aggregator/0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "recreating aggregator/0" in out
+    assert "s] reconnecting to the control plane" in out  # it says what it is doing, step by step
     assert run(["status", "--config", cfgpath, "--json"]) == 0
     st = _last_json_block(capsys.readouterr().out)
     assert st["healthy"] and st["nodes"]["live"] == N_NODES and st["open_rounds"] == 0
