@@ -25,14 +25,25 @@ PIN_HINT = "run `verinfer keys network` on the operator's side"
 
 
 def attestation_dict(res) -> dict:
-    """Each member's attestation label and the trust roots (hex) its evidence was checked under;
-    whether those roots were pinned by the caller or are the ones the network reported."""
+    """Each member's attestation label ("none": not drawn as an attested node), the trust roots
+    (hex) the evidence was checked under, whether the caller pinned them or they are the ones the
+    network reported, and a sentence saying so. The same keys as the gateway's `verinfer` object
+    (cluster.openai_api.verinfer_object), so a script reads the CLI and the HTTP API alike."""
     s = res.summary
     att = s.attested or {}
+    pinned = bool(getattr(res, "roots_pinned", False))
     roots = [_hex(r) for r in getattr(res, "trust_roots", ())]
-    members = {m: {"label": att.get(m), "trust_roots": roots if att.get(m) in ("simulated", "hardware") else []}
-               for m in sorted(set(s.members) | set(att))}
-    return {"members": members, "trust_roots_pinned": bool(getattr(res, "roots_pinned", False))}
+    if not att:
+        note = "no member was attested: this answer was checked by the quorum alone"
+    else:
+        note = (f"{len(att)} member(s) attested: " + "; ".join(f"{LABELS.get(k, k)}" for k in sorted(set(att.values())))
+                + ", checked under the trust root(s) in attestation_checked_under, "
+                + ("which you pinned" if pinned else f"as the network reported them (to trust them, {PIN_HINT} and "
+                                                     "pass --trust-root HEX)")
+                + "; check it offline: verinfer verify RECEIPT --trust-root HEX --aggregator-key HEX")
+    return {"attestation": {m: att.get(m, "none") for m in sorted(set(s.members) | set(att))},
+            "attestation_checked_under": roots if att else [], "trust_roots_pinned": pinned,
+            "attestation_note": note}
 
 
 def attestation_lines(res, receipt_path: str | None = None) -> list[str]:
@@ -66,7 +77,7 @@ def summary_dict(res) -> dict:
                     "members": s.members, "paid": list(s.paid), "slashed": [list(x) for x in s.slashed],
                     "aggregator": _hex(s.aggregator), "ledger_entries": list(s.ledger_entries),
                     "output_checked": s.output_checked},
-        "attestation": attestation_dict(res),
+        **attestation_dict(res),
     }
 
 

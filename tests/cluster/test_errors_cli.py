@@ -249,16 +249,20 @@ def test_submit_json_states_each_members_attestation_and_the_roots_it_was_checke
     assert run(["submit", "--config", net_toml, "--prompt", "in an enclave", "--n", "2", "--max-tokens", "4",
                 "--require-tee", "--json", "--receipt-out", str(receipt)]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    att = res["attestation"]
-    assert set(att["members"]) == set(res["receipt"]["members"]) and len(att["members"]) == 2
-    assert all(m == {"label": "simulated", "trust_roots": roots} for m in att["members"].values())
-    assert att["trust_roots_pinned"] is False  # the roots the network reported
-    # pinned by the caller: said so; a plain request's members carry no label
-    assert run(["submit", "--config", net_toml, "--prompt", "plain", "--n", "2", "--max-tokens", "4", "--json",
-                "--trust-root", roots[0]]) == 0
-    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["attestation"]
-    assert plain["trust_roots_pinned"] is True
-    assert all(m == {"label": None, "trust_roots": []} for m in plain["members"].values())
+    assert set(res["attestation"]) == set(res["receipt"]["members"]) and len(res["attestation"]) == 2
+    assert set(res["attestation"].values()) == {"simulated"} and res["attestation_checked_under"] == roots
+    assert res["trust_roots_pinned"] is False  # the roots the network reported
+    assert "as the network reported them" in res["attestation_note"]
+    # pinned by the caller: said so, with the roots it pinned; a plain request: nobody attested
+    assert run(["submit", "--config", net_toml, "--prompt", "pinned", "--n", "2", "--max-tokens", "4", "--json",
+                "--trust-root", roots[0], "--require-tee"]) == 0
+    pinned = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert pinned["trust_roots_pinned"] is True and pinned["attestation_checked_under"] == roots
+    assert "which you pinned" in pinned["attestation_note"]
+    assert run(["submit", "--config", net_toml, "--prompt", "plain", "--n", "2", "--max-tokens", "4", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(plain["attestation"].values()) == {"none"} and plain["attestation_checked_under"] == []
+    assert plain["attestation_note"].startswith("no member was attested")
 
     # verify: unpinned, it says exactly how to pin; pinned, it says what the evidence proves
     assert run(["verify", str(receipt)]) == 0
