@@ -324,6 +324,8 @@ def cmd_ledger(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import gateway_cli
+
     p = _Parser(prog="verinfer", description="Verifiable, private LLM inference on Ray.",
                                 epilog="exit codes: 0 ok, 1 check failed, 2 bad input/config, 3 unreachable")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -413,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--replicas", type=_int_in(1, 64), default=1,
                     help="gateway replicas (stateless apart from caches)")
     sv.add_argument("--capacity", type=_int_in(1), default=64, help="requests in flight before keys wait their turn")
-    sv.set_defaults(fn=cmd_serve)
+    sv.set_defaults(fn=gateway_cli.cmd_serve)
 
     k = sub.add_parser("keys", help="API keys of the gateway: create | list | revoke; "
                                     "the network's public keys: network")
@@ -431,21 +433,21 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--tpm", type=_int_in(1), default=200_000, help="max_tokens per minute")
     kc.add_argument("--concurrent", type=_int_in(1), default=16, help="requests in flight")
     kc.add_argument("--json", action="store_true")
-    kc.set_defaults(fn=cmd_keys)
+    kc.set_defaults(fn=gateway_cli.cmd_keys)
     kl = ksub.add_parser("list", help="every key (never the secrets)")
     keys_config(kl)
     kl.add_argument("--json", action="store_true")
-    kl.set_defaults(fn=cmd_keys)
+    kl.set_defaults(fn=gateway_cli.cmd_keys)
     kr = ksub.add_parser("revoke", help="revoke a key by its id (takes effect at once)")
     keys_config(kr)
     kr.add_argument("key_id")
-    kr.set_defaults(fn=cmd_keys)
+    kr.set_defaults(fn=gateway_cli.cmd_keys)
     kn = ksub.add_parser("network", help="the network's attestation trust roots and its aggregator, selector and "
                                          "VRF keys in hex, to pin in clients and `verinfer verify`")
     keys_config(kn)
     kn.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
     kn.add_argument("--json", action="store_true")
-    kn.set_defaults(fn=cmd_keys_network)
+    kn.set_defaults(fn=gateway_cli.cmd_keys_network)
 
     ch = sub.add_parser("chat", help="ask a gateway through the SDK: signed by you, receipt verified by you")
     ch.add_argument("prompt")
@@ -460,94 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--require-tee", action="store_true", help="seal the prompt here, to attested nodes only")
     ch.add_argument("--allow-simulated", action="store_true", help="accept simulated attestation (dev networks)")
     ch.add_argument("--max-tokens", type=_int_in(1, 4096), default=64)
-    ch.set_defaults(fn=cmd_chat)
+    ch.set_defaults(fn=gateway_cli.cmd_chat)
     for group in (sub, ksub):  # a missing command is named by its choices
         group.metavar = "{" + ",".join(group.choices) + "}"
     return p
-
-
-def cmd_chat(args) -> int:
-    from .sdk import GatewayError, Verinfer
-
-    if not args.key:
-        return _err("an API key is needed: --key or VERINFER_API_KEY", EXIT_USAGE)
-    vi = Verinfer(args.url, args.key, trust_roots=args.trust_root, aggregator_key=args.aggregator_key,
-                  allow_simulated=args.allow_simulated)
-    try:
-        res = vi.chat([{"role": "user", "content": args.prompt}], model=args.model, mode=args.mode, n=args.n,
-                      require_tee=args.require_tee, max_tokens=args.max_tokens)
-    except GatewayError as exc:
-        return _err(f"{type(exc).__name__}: {exc}", EXIT_USAGE if 400 <= exc.status < 500 else EXIT_UNREACHABLE)
-    print_result(res)
-    return EXIT_OK if res.status in ("final", "resolved") else EXIT_CHECK
-
-
-def cmd_serve(args) -> int:
-    from . import config as cfgmod
-    from . import gateway
-    from .network import connect
-
-    cfg = cfgmod.load(args.config)
-    _init_ray(args.address, cfg.network.namespace)
-    net = connect(cfg)
-    print(f"starting the HTTP gateway ({args.replicas} replica(s)) on {args.host}:{args.port}…", flush=True)
-    url = gateway.start(net, args.host, args.port, capacity=args.capacity, num_replicas=args.replicas,
-                        detached=True)
-    print(f"verinfer gateway for network {cfg.network.name!r}: {url}/v1  (OpenAI API; keys: verinfer keys create)")
-    return EXIT_OK
-
-
-def cmd_keys(args) -> int:
-    from protocols.errors import ConfigError
-    from protocols.quota import Quota
-
-    from . import config as cfgmod
-    from .gateway import keys_path
-    from .keys import KeyStore
-
-    store = KeyStore(keys_path(cfgmod.load(args.config)))
-    if args.keys_cmd == "create":
-        try:
-            quota = Quota(args.rpm, args.tpm, args.concurrent)
-        except ValueError as exc:
-            return _err(f"InvalidParams: {exc}", EXIT_USAGE)
-        try:
-            secret, key = store.create(args.account, args.name, quota)
-        except ConfigError as exc:
-            return _err(f"--account: {exc}", EXIT_USAGE)
-        print(json.dumps({"key": secret, **key.describe()}) if args.json else
-              f"{secret}\n  (key {key.key_id}, account {key.account}: shown once, store it now)")
-        return EXIT_OK
-    if args.keys_cmd == "list":
-        keys = [k.describe() for k in store.list()]
-        if args.json:
-            print(json.dumps(keys))
-        for k in keys if not args.json else ():
-            state = "revoked" if k["revoked"] else "live"
-            print(f"{k['key_id']}  {k['account']:<20} {state:<8} {k['name']}")
-        return EXIT_OK
-    if not store.revoke(args.key_id):
-        return _err(f"no live key {args.key_id!r}: key_id must be one `verinfer keys list` shows as live",
-                    EXIT_USAGE)
-    print(f"key {args.key_id} revoked")
-    return EXIT_OK
-
-
-def cmd_keys_network(args) -> int:
-    """The network's public keys, for pinning (what cluster.client fetches when nothing is pinned)."""
-    import ray
-
-    from . import config as cfgmod
-    from .client import _keys_refs
-    from .network import connect
-
-    cfg = cfgmod.load(args.config)
-    _init_ray(args.address, cfg.network.namespace)
-    agg, sel, vrf_pub, roots = ray.get(_keys_refs(connect(cfg)))
-    print_network_keys(cfg.network.name, cfg.attestation.provider,
-                       {"trust_roots": [r.hex() for r in roots], "aggregator": agg.hex(), "selector": sel.hex(),
-                        "vrf": vrf_pub.hex()}, args.json)
-    return EXIT_OK
 
 
 def exit_code_for(err) -> int:

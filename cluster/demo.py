@@ -156,6 +156,7 @@ def _gateway_demo(net, args, key_dir: str) -> list[dict]:
     secret, _ = KeyStore(keys_file).create("demo", "make demo")
     gateway.wait_ready(url)
     print(f"\nOpenAI-compatible gateway at {url}/v1   (demo API key: {secret})")
+    print(f"status page at {url}/   (nodes, rounds, slashes, receipts; Prometheus metrics at {url}/metrics)")
     model = net.config.default_model
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Name a colour."}],
                        "max_tokens": 12, "verinfer": {"n": 3}})
@@ -194,9 +195,10 @@ def _gateway_demo(net, args, key_dir: str) -> list[dict]:
           f"receipt {vi.get('receipt_url')}")
     print(f"  check a receipt offline: curl -s -H 'Authorization: Bearer KEY' {url}/v1/receipts/ID > r.bin && "
           "verinfer verify r.bin")
+    print(f"  see it decoded: {url}/receipts/{vi.get('request_id')}   the network at work: {url}/")
     out.append({"via": "openai", "status": vi.get("status"), "request_id": vi.get("request_id")})
     if getattr(args, "keep", False):
-        print(f"\ngateway stays up at {url}/v1 (Ctrl-C to stop)")
+        print(f"\ngateway stays up at {url}/v1, status page at {url}/ (Ctrl-C to stop)")
         try:
             while True:
                 time.sleep(3600)

@@ -18,6 +18,8 @@ with the caller, which passes the model record in.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -51,28 +53,28 @@ class Limits:
         self.validate()
 
     def validate(self) -> None:
-        def num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
+        def num(v: Any) -> bool:  # (finite: nan and inf compare false with everything, or pass every bound)
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         def whole(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
 
         for f in ("timeout_s", "reveal_timeout_s"):
             if not num(getattr(self, f)) or not 0 < getattr(self, f) <= 3600:
-                raise ConfigError(f"limits.{f} must be a positive number of seconds, at most 3600")
+                raise ConfigError(f"limits.{f} must be a positive number of seconds, at most 3600, got {getattr(self, f)!r}")
         if not num(self.liveness_interval_s) or self.liveness_interval_s <= 0:
-            raise ConfigError("limits.liveness_interval_s must be a positive number of seconds")
+            raise ConfigError(f"limits.liveness_interval_s must be a positive number of seconds, got {self.liveness_interval_s!r}")
         if not num(self.timeout_per_token_s) or self.timeout_per_token_s < 0:
-            raise ConfigError("limits.timeout_per_token_s must be a non-negative number")
+            raise ConfigError(f"limits.timeout_per_token_s must be a non-negative number, got {self.timeout_per_token_s!r}")
         if not num(self.default_p) or not 0 <= self.default_p <= 1:
-            raise ConfigError("limits.default_p must be a probability in [0, 1]")
+            raise ConfigError(f"limits.default_p must be a probability in [0, 1], got {self.default_p!r}")
         if not whole(self.referee_extra) or self.referee_extra < 1:
-            raise ConfigError("limits.referee_extra must be an integer >= 1 (referees outnumber the quorum)")
+            raise ConfigError(f"limits.referee_extra must be an integer >= 1 (referees outnumber the quorum), got {self.referee_extra!r}")
         if not whole(self.client_credit) or self.client_credit < 0:
-            raise ConfigError("limits.client_credit must be a non-negative integer (0 = no faucet)")
+            raise ConfigError(f"limits.client_credit must be a non-negative integer (0 = no faucet), got {self.client_credit!r}")
         for f in ("max_prompt_chars", "max_n", "max_tokens", "retain_rounds", "max_batch_calls"):
             if not whole(getattr(self, f)) or getattr(self, f) < 1:
-                raise ConfigError(f"limits.{f} must be a positive integer")
+                raise ConfigError(f"limits.{f} must be a positive integer, got {getattr(self, f)!r}")
 
     @classmethod
     def of(cls, value: "Limits | Mapping | None") -> "Limits":

@@ -115,3 +115,13 @@ def test_limits_validate_themselves(bad):
         Limits.of(edited)
     with pytest.raises(ConfigError):
         Limits.of({"max_prompt": 3})  # unknown key
+
+
+@pytest.mark.parametrize("field, value", [("timeout_per_token_s", float("nan")), ("liveness_interval_s", float("inf")),
+                                          ("timeout_s", float("nan")), ("default_p", float("nan"))])
+def test_limits_refuse_nan_and_infinity_naming_the_field(field, value):
+    from protocols.admission import Limits
+    from protocols.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"limits.{field} .*got {value!r}"):
+        Limits(**{field: value})
