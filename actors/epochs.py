@@ -31,6 +31,7 @@ from typing import Any
 from actors.authority import Controlled, Gatekeeper, Signed, bare, guarded
 
 REBROADCAST_S = 10.0  # rotation statements go out again this often (an actor that was down gets them)
+MIN_ROTATION_S = 10.0  # control-plane keys rotate every epoch, but not more often than this (test epochs are seconds)
 
 
 class EpochKeeper(Controlled):
@@ -53,7 +54,9 @@ class EpochKeeper(Controlled):
         self.history: list[dict] = []  # one entry per renewal round: when, which nodes, which passed
         self._tried: dict[str, float] = {}  # node -> last renewal attempt (failures retry once per margin)
         self._task: asyncio.Task | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # node renewals
+        self._keys_lock = asyncio.Lock()  # control-plane key rotations (never held by a renewal)
+        self._keys_task: asyncio.Future | None = None
         self._stopped = False
         try:  # restarted by Ray after a crash: keep renewing as before
             import ray
@@ -87,10 +90,12 @@ class EpochKeeper(Controlled):
                        if now - self._tried.get(n, -1e18) >= self.margin_s]
                 if due:
                     await asyncio.shield(self._renew(due, scheduled=True))
-                if self.peer_names and now - self._rotated_at >= self.epoch_s:
-                    await asyncio.shield(self._rotate_keys())
-                elif self._statements and now - self._broadcast_at >= REBROADCAST_S:
-                    await self._broadcast()
+                # the control plane's keys: in the background, so renewals never wait on a rotation
+                if self._keys_task is None or self._keys_task.done():
+                    if self.peer_names and now - self._rotated_at >= max(self.epoch_s, MIN_ROTATION_S):
+                        self._keys_task = asyncio.ensure_future(self._rotate_keys())
+                    elif self._statements and now - self._broadcast_at >= REBROADCAST_S:
+                        self._keys_task = asyncio.ensure_future(self._broadcast())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep renewing the others; the failure is on record
@@ -149,7 +154,7 @@ class EpochKeeper(Controlled):
         return await self._rotate_keys()
 
     async def _rotate_keys(self) -> list[bytes]:
-        async with self._lock:
+        async with self._keys_lock:
             kinds = {"selector": "selector"}
             # (the ledger only checks calls: it signs none, so it has no key in the roster to rotate)
             peers = {h: a for h, a in self._peers().items() if a is not None and h != "ledger"}
