@@ -16,6 +16,12 @@ may instead carry an envelope the caller signed itself. Limits per key and a
 fair share of the network (actors.gate) are checked before any escrow; the
 account's balance too. The gateway verifies every receipt (cluster.client_core)
 before it answers. Replicas hold nothing but caches, so Serve may run several.
+
+Why over 400 lines: the core, its FastAPI routes and the Serve deployment are
+built together and lazily (importing this module needs neither Serve nor
+FastAPI); what could live apart already does: the status page
+(cluster.status_page), the node endpoint (cluster.node_endpoint), the OpenAI
+schemas (cluster.openai_api) and the CLI (cluster.gateway_cli).
 """
 
 

@@ -33,6 +33,7 @@ def test_each_gpu_executor_holds_a_distinct_gpu_bundle_and_quorums_form():
     assert len(slots) == 4  # no two executors share a GPU
     assert len({e["ray_node"] for e in execs}) == 2  # two 2-GPU Ray nodes, both used
     assert all(e["placement_group"] for e in execs)
-    assert seen["status"] == "final" and len(seen["paid"]) == 3
+    assert seen["status"] == "final" and sorted(seen["paid"]) == sorted(e["node_id"] for e in execs)[:3]
     # CPU executors spread over the cluster's Ray nodes (a cluster grown by machines uses them)
     assert len(set(seen["cpu_ray_nodes"])) >= 2 and seen["cpu_status"] == "final"
+    assert all(n.startswith("cpu-") for n in seen["cpu_paid"]) and len(seen["cpu_paid"]) == 3
