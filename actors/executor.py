@@ -41,10 +41,15 @@ BEHAVIOURS = {
     "requantize": "runs the registered weights rounded to lower precision",
     "random": "returns random tokens without running the model",
     "truncate": "runs the model faithfully, then claims only the first half of its output",
+    "alter-prompt": "runs the model on another prompt (the request's with words added) and claims this one's",
+    "alter-params": "runs the model with other sampling parameters (greedy for sampled, sampled for greedy)",
     "copy": "runs nothing; copies another node's commit hash from the public board",
     "silent": "accepts requests and never answers",
     "no-reveal": "commits like an honest node, then never reveals",
 }
+
+# behaviours that run some model and claim the registered one (the rest claim without running it)
+_CLAIMS_MODEL = ("honest", "substitute", "requantize", "truncate", "alter-prompt", "alter-params")
 
 
 class NodeExecutor(Guarded):
@@ -264,8 +269,7 @@ class NodeExecutor(Guarded):
     def _check_request(self, request_raw: bytes, prompt) -> tuple[admission.Request, str]:
         """protocols.admission's node rules; a sealed prompt is opened, then its hash checked.
         Returns (request, plaintext prompt)."""
-        served = self.engine.model_hash() if self.behaviour in ("honest", "substitute", "requantize", "truncate") \
-            else None
+        served = self.engine.model_hash() if self.behaviour in _CLAIMS_MODEL else None
         try:
             req = admission.admit_at_node(request_raw, prompt, served)
         except ModelHashMismatch:
@@ -289,6 +293,11 @@ class NodeExecutor(Guarded):
         """Produce (token ids, text, method, seconds) as this node's behaviour dictates.
         `stream`: a Streamer the engine feeds tokens to as it makes them."""
         params = SamplingParams.from_wire(body["params"])
+        if self.behaviour == "alter-prompt":
+            prompt = prompt + " and more"
+        elif self.behaviour == "alter-params":
+            params = SamplingParams(max_tokens=params.max_tokens) if not params.greedy else \
+                SamplingParams(max_tokens=params.max_tokens, temperature=0.9).with_seed_for(body["request_id"] + "x")
         if self.behaviour == "silent":
             await asyncio.Event().wait()  # never answers; the aggregator times it out
         if self.delay_s:
@@ -327,7 +336,7 @@ class NodeExecutor(Guarded):
         from protocols import fingerprint as fingerprints
 
         if not claims or not hasattr(self.engine, "verify_tolerant") or \
-                self.behaviour not in ("honest", "substitute", "requantize", "truncate"):
+                self.behaviour not in _CLAIMS_MODEL:
             return []
         tol, params = fingerprints.Tolerance.of(tolerance), SamplingParams.from_wire(body["params"])
         out = []

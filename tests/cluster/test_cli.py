@@ -6,8 +6,8 @@ against a detached network, with the documented exit codes:
 `cluster.cli.main` is called in-process: `_init_ray` is a no-op once the session's
 Ray cluster is up, so the commands talk to networks deployed by these fixtures.
 Networks here run next to the session `tiny_net` (cluster.placement shares the
-*free* CPUs among a new network's executors); the receipt fixture still tears
-its network down before returning.
+*free* CPUs among a new network's executors); `verify` checks a receipt of the
+session network.
 """
 
 from __future__ import annotations
@@ -88,26 +88,13 @@ def test_verify_garbage_exits_one_invalid(tmp_path, capsys, data):
 
 
 @pytest.fixture(scope="module")
-def receipt(ray_cluster, tmp_path_factory):
-    """A real receipt from a small in-process tiny network (torn down before returning)."""
-    cfg = cfgmod.load("tiny.toml")
-    cfg.network.name = f"t-cli-{uuid.uuid4().hex[:6]}"
-    cfg.malicious = {}
-    cfg.nodes[0].count = N_NODES
-    from tests.conftest import check_books
-
-    net = deploy(cfg, ledger_path=str(tmp_path_factory.mktemp("cli-ledger") / "ledger.db"))
-    try:
-        client = net.client()
-        res = client.generate("hi", n=3, max_tokens=6).result()
-        key = client.aggregator_key
-        check_books(net)
-    finally:
-        teardown(net)
+def receipt(tiny_client, tmp_path_factory):
+    """A real receipt of the session network, saved to a file as a user would."""
+    res = tiny_client.generate("hi", n=3, max_tokens=6).result()
     assert res.status == "final"
     path = tmp_path_factory.mktemp("receipts") / "ok.receipt"
     path.write_bytes(res.receipt)
-    return {"path": path, "raw": res.receipt, "key": key, "request_id": res.request_id}
+    return {"path": path, "raw": res.receipt, "key": tiny_client.aggregator_key, "request_id": res.request_id}
 
 
 def test_verify_real_receipt_exits_zero(receipt, capsys):

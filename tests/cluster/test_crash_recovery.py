@@ -17,7 +17,7 @@ from protocols import messages, receipts
 from protocols.errors import ReplayedMessage
 from protocols.ledger import check_conservation
 
-from ..conftest import check_books, deploy_tiny
+from ..conftest import check_books, deploy_tiny, request_id_drawing
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,12 @@ def _slow(net, seconds: float) -> None:
             pass  # a node being restarted starts without delay anyway
 
 
-def _in_flight(net, client, k: int = 4, delay_s: float = 1.5) -> list:
-    """k requests whose rounds are open (every node answers `delay_s` late)."""
+def _in_flight(net, client, k: int = 4, delay_s: float = 1.5, drawing: str | None = None) -> list:
+    """k requests whose rounds are open (every node answers `delay_s` late); with `drawing`,
+    the first one's quorum has that node in it."""
     _slow(net, delay_s)
-    hs = [client.generate(f"crash {i}", n=3, max_tokens=6) for i in range(k)]
+    ids = [request_id_drawing(net, {drawing}, 3) if drawing and i == 0 else None for i in range(k)]
+    hs = [client.generate(f"crash {i}", n=3, max_tokens=6, request_id=ids[i]) for i in range(k)]
     time.sleep(0.4)
     return hs
 
@@ -122,14 +124,14 @@ def test_the_registry_comes_back_with_every_node_record_and_key(net):
 def test_a_killed_executor_is_drawn_again_only_after_proving_fresh_keys(net, client):
     nid = sorted(net.executors)[2]
     old = next(n for n in ray.get(net.registry.list_nodes.remote()) if n["node_id"] == nid)
-    hs = _in_flight(net, client)
+    hs = _in_flight(net, client, drawing=nid)  # a round it is in notices its death at once
     _kill(net.executors[nid])
     _slow(net, 0.0)
     assert {h.result(timeout=90).status for h in hs} <= {"final"}  # replacements were drawn for it
     deadline = time.time() + 60
     while True:
         rec = next(n for n in ray.get(net.registry.list_nodes.remote()) if n["node_id"] == nid)
-        if rec["live"] and not rec["rejoining"]:
+        if rec["live"] and not rec["rejoining"] and rec["pubkey"] != old["pubkey"]:
             break
         assert time.time() < deadline, f"{nid} never rejoined: {rec}"
         time.sleep(0.2)

@@ -113,7 +113,7 @@ def test_mixed_quorum_finalizes_and_a_benign_divergence_slashes_nobody(mixed, cl
     check_books(mixed)
 
 
-@pytest.mark.parametrize("behaviour", ["substitute", "requantize", "random", "truncate"])
+@pytest.mark.parametrize("behaviour", ["substitute", "requantize", "random", "truncate", "alter-prompt", "alter-params"])
 def test_cheats_in_a_mixed_quorum_are_slashed(mixed, client, behave, behaviour):
     cheater = BF16[2]
     behave(cheater, behaviour)
