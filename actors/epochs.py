@@ -31,6 +31,7 @@ from typing import Any
 from actors.authority import Controlled, Gatekeeper, Signed, bare, guarded
 
 REBROADCAST_S = 10.0  # rotation statements go out again this often (an actor that was down gets them)
+SWITCH_TRIES = 5  # broadcasts tried before a switch goes ahead regardless (re-broadcasts catch up)
 MIN_ROTATION_S = 10.0  # control-plane keys rotate every epoch, but not more often than this (test epochs are seconds)
 
 
@@ -167,24 +168,33 @@ class EpochKeeper(Controlled):
             if self.gate.store is not None:
                 self.gate.store.put_many([("control", "statements", self._statements),
                                           ("control", "rotated_at", self._rotated_at)])
-            await self._broadcast()  # every actor and executor holds the new keys ...
+            # every actor and executor holds the new keys before anyone signs with one; the old
+            # keys sign on for GRACE_S, so a switch may wait for a broadcast that reached everyone
+            for attempt in range(SWITCH_TRIES):
+                if await self._broadcast() or attempt == SWITCH_TRIES - 1:
+                    break
+                await asyncio.sleep(1.0)
             switches = [Signed(a, self.gate, kinds.get(h, "aggregator")).switch_key.remote()
                         for h, a in peers.items()] + [self.registry.switch_key.remote()]
-            await asyncio.gather(*switches, return_exceptions=True)  # ... before anyone signs with one
+            await asyncio.gather(*switches, return_exceptions=True)
             self.gate.switch()
         return got
 
-    async def _broadcast(self) -> None:
-        """Every actor and executor gets the statements (again: idempotent, cheap)."""
+    async def _broadcast(self) -> bool:
+        """Every actor and executor gets the statements (again: idempotent, cheap). True when
+        each one took them or is gone (a restarted actor gets them from the next broadcast)."""
+        from ray.exceptions import RayActorError
+
+        self.gate.accept(self._statements)
         try:
             targets = list(self._peers().values()) + [bare(self.registry)]
             targets += list((await self.registry.handles.remote()).values())
         except Exception:
-            return
-        self.gate.accept(self._statements)
+            return False
         self._broadcast_at = time.time()
-        await asyncio.gather(*(t.accept_rotations.remote(self._statements) for t in targets if t is not None),
-                             return_exceptions=True)
+        got = await asyncio.gather(*(t.accept_rotations.remote(self._statements) for t in targets if t is not None),
+                                   return_exceptions=True)
+        return all(not isinstance(g, BaseException) or isinstance(g, RayActorError) for g in got)
 
     def status(self) -> dict:
         ok = sum(len(h.get("ok", ())) for h in self.history)

@@ -173,3 +173,18 @@ def set_tcb(net, node_id: str, version: int) -> None:
 
     ray.get(net.executors[node_id].__ray_call__.remote(
         lambda ex: ex.attestation_spec.__setitem__("tcb_version", version)))
+
+
+def start_gateway(net, keys_file: str) -> str:
+    """The HTTP gateway for `net` on a free local port, answering; returns its URL
+    (stop it with `cluster.gateway.stop(shutdown=True)`)."""
+    import socket
+
+    from cluster import gateway
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = gateway.start(net, "127.0.0.1", port, keys_file=keys_file, capacity=8)
+    gateway.wait_ready(url)
+    return url

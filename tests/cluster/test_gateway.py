@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
@@ -14,12 +13,7 @@ httpx = pytest.importorskip("httpx")
 import ray  # noqa: E402
 
 from protocols import commitments, messages, receipts  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import start_gateway  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +23,10 @@ def gateway(tiny_net, tmp_path_factory):
     from protocols.quota import Quota
 
     path = str(tmp_path_factory.mktemp("gw") / "keys.db")
-    url = gw.start(tiny_net, "127.0.0.1", _free_port(), keys_file=path, capacity=8)
+    url = start_gateway(tiny_net, path)
     store = KeyStore(path)
     secret, _ = store.create("alice", "tests")
     slow, _ = store.create("slowpoke", "rate-limited", Quota(rpm=1))
-    deadline = time.time() + 120
-    while time.time() < deadline:  # Serve's proxy answers once the replica is up
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
     yield {"url": url, "key": secret, "slow": slow, "store": store}
     gw.stop(shutdown=True)
 

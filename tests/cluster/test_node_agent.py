@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,10 @@ import uuid
 import pytest
 import ray
 
-from tests.conftest import check_books, request_id_drawing, track
+from tests.conftest import check_books, request_id_drawing, start_gateway, track
 
 EXT = "ext-01"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_agent(url: str, key: str, conf: str, log: str) -> subprocess.Popen:
@@ -67,8 +60,7 @@ def outside(ray_cluster, tmp_path_factory):
     cfg.limits.timeout_s = 8.0
     cfg.limits.reveal_timeout_s = 8.0
     net = track(deploy(cfg, ledger_path=str(d / "ledger.db")))
-    url = gw.start(net, "127.0.0.1", _free_port(), keys_file=str(d / "keys.db"), capacity=8)
-    gw.wait_ready(url)
+    url = start_gateway(net, str(d / "keys.db"))
     key = str(d / "ext.key")
     agent.read_key(key, create=True)  # the node operator makes a key; the network operator approves it
     stake = cfg.economics.collateral

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 
 import pytest
@@ -14,17 +13,11 @@ httpx = pytest.importorskip("httpx")
 
 import ray  # noqa: E402
 
-from tests.conftest import request_id_drawing  # noqa: E402
+from tests.conftest import request_id_drawing, start_gateway  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +26,8 @@ def site(tiny_net, tmp_path_factory):
     from cluster.keys import KeyStore
 
     path = str(tmp_path_factory.mktemp("status") / "keys.db")
-    url = gw.start(tiny_net, "127.0.0.1", _free_port(), keys_file=path, capacity=8)
+    url = start_gateway(tiny_net, path)
     secret, key = KeyStore(path).create("carol", "status page")
-    gw.wait_ready(url)
     yield {"url": url, "key": secret, "key_id": key.key_id}
     gw.stop(shutdown=True)
 
