@@ -8,8 +8,8 @@ and opens the commitment only when the aggregator asks for the reveal.
 
 `behaviour` makes a node misbehave for experiments; see BEHAVIOURS.
 
-Why over 400 lines: one actor holds one node's keys (current, next, previous
-epoch) and every way work reaches it — direct calls, sealed tickets, streamed
+Why over 400 lines: one actor holds one node's keys (current, next, recently
+retired) and every way work reaches it — direct calls, sealed tickets, streamed
 chunks, liveness and attestation challenges, rejoining after a restart — and
 all of them sign with those keys; the rules they follow are in protocols/.
 """
@@ -48,6 +48,9 @@ BEHAVIOURS = {
     "no-reveal": "commits like an honest node, then never reveals",
 }
 
+RETIRED_HOLD_S = 600.0  # a retired key signs for rounds drawn under it this long (a round's whole life)
+RETIRED_KEYS = 64  # and no more of them (epochs of seconds in tests; hours in a real network)
+
 # behaviours that run some model and claim the registered one (the rest claim without running it)
 _CLAIMS_MODEL = ("honest", "substitute", "requantize", "truncate", "alter-prompt", "alter-params")
 
@@ -74,10 +77,10 @@ class NodeExecutor(Guarded):
         self.key = SigningKey(key_seed or os.urandom(32))
         self._engine_loop = Batcher(name=f"engine-{node_id}")  # the one thread the engine runs on
         self.kem = KemKey(os.urandom(32))  # HPKE key: tickets (and sealed prompts) are sealed to it
-        # key rotation: the next epoch's keys (attested, not yet in use) and the last epoch's
-        # (requests drawn before the switch still name them)
+        # key rotation: the next epoch's keys (attested, not yet in use) and retired ones, kept
+        # while a round drawn under them can still be running (short epochs, slow rounds)
         self._next: tuple[SigningKey, KemKey] | None = None
-        self._previous: tuple[SigningKey, KemKey] | None = None
+        self._retired: collections.deque = collections.deque(maxlen=RETIRED_KEYS)  # (key, kem, retired at)
         self.attestation_spec = dict(attestation or {})  # {"provider": "simulated"|"nvidia", ...}
         self._weights_key: bytes | None = None  # released by the registry after attestation; memory only
         # (request id, member id) -> (commitment, salt, role, signing key, fingerprint)
@@ -200,10 +203,11 @@ class NodeExecutor(Guarded):
 
     @guarded("executor")
     def commit_rotation(self) -> dict:
-        """The registry accepted the new keys: make them current, keep the old ones one epoch."""
+        """The registry accepted the new keys: make them current; the old ones stay for the rounds
+        drawn under them (RETIRED_HOLD_S, at most RETIRED_KEYS of them)."""
         if self._next is None:
             raise NodeError("no key rotation was prepared")
-        self._previous = (self.key, self.kem)
+        self._retired.appendleft((self.key, self.kem, time.time()))
         (self.key, self.kem), self._next = self._next, None
         return {"pubkey": self.key.public, "kem_pub": self.kem.public}
 
@@ -216,10 +220,13 @@ class NodeExecutor(Guarded):
         return node_call(self.key, self.node_id, self.gate.roster.network, "registry", method, args, nonce)
 
     def _keysets(self) -> list[tuple[SigningKey, KemKey]]:
-        return [(self.key, self.kem)] + [k for k in (self._next, self._previous) if k is not None]
+        now = time.time()
+        while self._retired and now - self._retired[-1][2] > RETIRED_HOLD_S:
+            self._retired.pop()
+        return [(self.key, self.kem)] + ([self._next] if self._next else []) + [(k, m) for k, m, _ in self._retired]
 
     def _signer(self, public: bytes | None) -> SigningKey:
-        """The key a draw named for this node (current, next or previous epoch)."""
+        """The key a draw named for this node (current, next or a recently retired epoch)."""
         if public is None:
             return self.key
         for sk, _ in self._keysets():
